@@ -1,0 +1,47 @@
+"""The OpenVINO IR parts of a converted Janus model: the one place that names them.
+
+Every converted model directory holds these seven IRs (`<name>.xml` + `<name>.bin`).
+Shapes use N = images, B = rows, T = new tokens, P = cached tokens, H = text hidden size,
+V = text vocabulary, K = image codebook size (16384 in real checkpoints).
+
+| part            | inputs                                                          | outputs                               |
+|-----------------|-----------------------------------------------------------------|---------------------------------------|
+| vision          | pixel_values f32 [N,3,384,384]                                  | image_embeds f32 [N,576,H]            |
+| text_embeddings | input_ids i64 [B,T]                                             | inputs_embeds f32 [B,T,H]             |
+| language_model  | inputs_embeds f32 [B,T,H], attention_mask i64 [B,P+T],          | last_hidden_state f32 [B,T,H]         |
+|  (stateful)     | position_ids i64 [B,T], beam_idx i32 [B]                        |  (after the final RMSNorm)            |
+| lm_head         | hidden_states f32 [B,T,H]                                       | logits f32 [B,T,V]                    |
+| gen_embeddings  | image_ids i64 [B,T]                                             | inputs_embeds f32 [B,T,H]             |
+| gen_head        | hidden_states f32 [2N,H] (N conditional rows, then N            | logits f32 [N,K]                      |
+|                 | unconditional rows), cfg_weight f32 []                          |  = uncond + w * (cond - uncond)       |
+| vq_decoder      | image_ids i64 [N,576]                                           | images f32 [N,3,384,384] (about -1..1)|
+
+The language model keeps its KV cache as OpenVINO state (one state per layer for keys and
+one for values). `reset_state()` on its infer request starts a new sequence; `beam_idx`
+gathers the cached rows at every call, so passing `arange(B)` keeps them and a permutation
+reorders them. Batch and lengths are dynamic everywhere.
+"""
+
+PARTS = ("vision", "text_embeddings", "language_model", "lm_head", "gen_embeddings", "gen_head", "vq_decoder")
+
+INPUTS = {
+    "vision": ("pixel_values",),
+    "text_embeddings": ("input_ids",),
+    "language_model": ("inputs_embeds", "attention_mask", "position_ids", "beam_idx"),
+    "lm_head": ("hidden_states",),
+    "gen_embeddings": ("image_ids",),
+    "gen_head": ("hidden_states", "cfg_weight"),
+    "vq_decoder": ("image_ids",),
+}
+
+OUTPUTS = {
+    "vision": ("image_embeds",),
+    "text_embeddings": ("inputs_embeds",),
+    "language_model": ("last_hidden_state",),
+    "lm_head": ("logits",),
+    "gen_embeddings": ("inputs_embeds",),
+    "gen_head": ("logits",),
+    "vq_decoder": ("images",),
+}
+
+WEIGHT_FORMATS = ("int4", "int8", "fp16", "fp32")
