@@ -1,0 +1,1 @@
+"""Reproducible speed and memory benchmarks for Janus on OpenVINO (see README.md here)."""
