@@ -1,0 +1,141 @@
+"""Conversations -> prompt strings, in each model family's reference format.
+
+"pro" (Janus-Pro, transformers-format repos) reproduces the deepseek-community chat template with
+JanusProcessor(use_default_system_prompt=True):
+    {system}\n\n<|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>: {answer}<eos><|User|>: ...<|Assistant|>:
+"legacy" (Janus-1.3B) is DeepSeek's "deepseek" sft format with the roles written User / Assistant:
+    {system}\n\nUser: <image_placeholder>\n{question}\n\nAssistant: {answer}<eos>User: ...Assistant:
+A turn's images come before its text, laid out as the template lays out content=[image, ..., text]:
+placeholders joined by "\n\n", then "\n" + text.
+
+A message is {"role": "user" | "assistant", "content": str, "images": [image, ...]} (images: user only).
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidInputError
+
+IMAGE_TAG = "<image_placeholder>"
+EOS_TEXT = "<\uff5cend\u2581of\u2581sentence\uff5c>"
+# Text that would desynchronise image tokens and image embeddings if a user typed it.
+_RESERVED = (IMAGE_TAG, "<begin_of_image>", "<end_of_image>")
+_ROLE_NAMES = {"pro": ("<|User|>", "<|Assistant|>"), "legacy": ("User", "Assistant")}
+
+
+def _roles(info) -> tuple[str, str]:
+    try:
+        return _ROLE_NAMES[info.prompt_style]
+    except KeyError:
+        raise InvalidInputError(f"unknown prompt style {info.prompt_style!r}; expected 'pro' or 'legacy'") from None
+
+
+def validate_messages(messages) -> list[dict]:
+    """Check a conversation; return it as a list of {"role", "content", "images"} dicts (normalised copies).
+
+    Rules: a non-empty list; roles "user"/"assistant" alternating and starting and ending with "user";
+    each user turn has text or at least one image; assistant turns have text and no images.
+    """
+    if isinstance(messages, dict) or not isinstance(messages, (list, tuple)):
+        raise InvalidInputError("messages must be a list of {'role', 'content', 'images'} dicts")
+    if not messages:
+        raise InvalidInputError("the conversation is empty: give at least one user message")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"message {i + 1}"
+        if not isinstance(m, dict):
+            raise InvalidInputError(f"{where} must be a dict with 'role' and 'content', got {type(m).__name__}")
+        role = m.get("role")
+        if not isinstance(role, str) or role.lower() not in ("user", "assistant"):
+            raise InvalidInputError(f"{where} has unknown role {role!r}; use 'user' or 'assistant'")
+        role = role.lower()
+        content = m.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise InvalidInputError(f"{where}: 'content' must be a string, got {type(content).__name__}")
+        images = m.get("images")
+        if images is None:
+            images = []
+        if not isinstance(images, (list, tuple)):
+            raise InvalidInputError(f"{where}: 'images' must be a list, got {type(images).__name__}")
+        for tag in _RESERVED:
+            if tag in content:
+                raise InvalidInputError(f"{where} contains the reserved text {tag!r}; pass images in 'images'")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise InvalidInputError(
+                f"{where} is from the {role} but should be from the {expected}: "
+                "turns must alternate user, assistant, user, ... starting with the user")
+        if role == "user" and not content.strip() and not images:
+            raise InvalidInputError(f"{where} (user) is empty: give some text or an image")
+        if role == "assistant":
+            if images:
+                raise InvalidInputError(f"{where} (assistant) cannot carry images")
+            if not content.strip():
+                raise InvalidInputError(f"{where} (assistant) has no text")
+        out.append({"role": role, "content": content, "images": list(images)})
+    if out[-1]["role"] != "user":
+        raise InvalidInputError("the conversation must end with a user message (the one to answer)")
+    return out
+
+
+def _user_body(text: str, num_images: int) -> str:
+    body = "\n\n".join([IMAGE_TAG] * num_images)
+    text = text.strip()
+    if text:
+        body = f"{body}\n{text}" if body else text
+    return body
+
+
+def chat_prompt(messages, info) -> str:
+    """The understanding prompt (system prompt first, one "<image_placeholder>" per image, ending
+    with the assistant tag); feed it to JanusTokenizer.encode_chat."""
+    messages = validate_messages(messages)
+    user, assistant = _roles(info)
+    parts = [f"{info.system_prompt}\n\n"] if info.system_prompt else []
+    for m in messages:
+        if m["role"] == "user":
+            parts.append(f"{user}: {_user_body(m['content'], len(m['images']))}\n\n")
+        else:
+            parts.append(f"{assistant}: {m['content'].strip()}{EOS_TEXT}")
+    parts.append(f"{assistant}:")
+    return "".join(parts)
+
+
+def image_prompt(prompt: str, info) -> str:
+    """The text-to-image prompt: one user turn, no system prompt, ending right before <begin_of_image>
+    (JanusTokenizer.encode_image_prompt appends it)."""
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"the prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InvalidInputError("the prompt is empty: describe the image to generate")
+    for tag in _RESERVED:
+        if tag in prompt:
+            raise InvalidInputError(f"the prompt contains the reserved text {tag!r}")
+    user, assistant = _roles(info)
+    return f"{user}: {prompt.strip()}\n\n{assistant}:"
+
+
+def collect_images(messages) -> list:
+    """Every image of a conversation in prompt order (the order encode_chat expects embeddings in)."""
+    return [img for m in validate_messages(messages) for img in m["images"]]
+
+
+def fit_conversation(messages, info, tokenizer, max_new_tokens: int) -> list[dict]:
+    """Context-window policy: drop the oldest whole exchanges (user turn + its answer) until
+    prompt + max_new_tokens fits in info.max_position_embeddings. The system prompt and the last user
+    turn are always kept; if they alone do not fit, raise InvalidInputError saying by how much."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    messages = validate_messages(messages)
+    limit = int(info.max_position_embeddings)
+    while True:
+        needed = tokenizer.count_chat_tokens(chat_prompt(messages, info)) + max_new_tokens
+        if needed <= limit:
+            return messages
+        if len(messages) == 1:
+            raise InvalidInputError(
+                f"the last message needs {needed - max_new_tokens} prompt tokens + max_new_tokens={max_new_tokens} "
+                f"= {needed}, but the model's context window is {limit} tokens; shorten the text, "
+                "send fewer images or lower max_new_tokens")
+        messages = messages[2:]  # the oldest user turn and the answer to it

@@ -1,0 +1,117 @@
+"""Prompt strings <-> token ids, with the `tokenizers` library only (no transformers on the serving path).
+
+encode_chat reproduces JanusProcessor's input_ids: BOS, then the text, with each "<image_placeholder>"
+expanded to <begin_of_image> + num_image_tokens x <image_placeholder> + <end_of_image>.
+StreamDecoder turns generated ids into text pieces that never split a UTF-8 character.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import InvalidInputError
+from .model_info import ModelInfo
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class JanusTokenizer:
+    def __init__(self, tokenizer: Tokenizer, info: ModelInfo):
+        self.tokenizer = tokenizer
+        self.info = info
+
+    @classmethod
+    def from_dir(cls, model_dir) -> "JanusTokenizer":
+        model_dir = Path(model_dir)
+        path = model_dir / TOKENIZER_FILE
+        if not path.is_file():
+            raise InvalidInputError(f"no {TOKENIZER_FILE} in {model_dir}; is this a converted Janus model directory?")
+        return cls(Tokenizer.from_file(str(path)), ModelInfo.load(model_dir))
+
+    # ------------------------------------------------------------------------------------- encoding
+
+    def _text_ids(self, text: str) -> list[int]:
+        # BOS is added here, not by the tokenizer's post-processor, so every tokenizer.json behaves alike.
+        return [self.info.bos_id] + self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_chat(self, prompt: str, num_images: int | None = None) -> np.ndarray:
+        """Chat prompt (from prompts.chat_prompt) -> int64 ids [T]. If num_images is given, the number of
+        "<image_placeholder>" tags must match it."""
+        ids = self._text_ids(prompt)
+        info = self.info
+        found = ids.count(info.image_id)
+        if num_images is not None and found != num_images:
+            raise InvalidInputError(
+                f"the prompt has {found} image placeholder(s) but {num_images} image(s) were given")
+        n = int(info.num_image_tokens)
+        out = np.empty(len(ids) + found * (n + 1), dtype=np.int64)  # each tag grows by n + 1
+        pos = 0
+        for t in ids:
+            if t == info.image_id:
+                out[pos] = info.boi_id
+                out[pos + 1:pos + 1 + n] = info.image_id
+                out[pos + 1 + n] = info.eoi_id
+                pos += n + 2
+            else:
+                out[pos] = t
+                pos += 1
+        return out
+
+    def count_chat_tokens(self, prompt: str) -> int:
+        """len(encode_chat(prompt)) without building the array (for context-window checks)."""
+        ids = self._text_ids(prompt)
+        return len(ids) + ids.count(self.info.image_id) * (int(self.info.num_image_tokens) + 1)
+
+    def encode_image_prompt(self, prompt: str) -> np.ndarray:
+        """Text-to-image prompt (from prompts.image_prompt) -> int64 ids [T]: BOS ... <begin_of_image>."""
+        ids = self._text_ids(prompt)
+        if self.info.image_id in ids:
+            raise InvalidInputError("a text-to-image prompt cannot contain image placeholders")
+        return np.array(ids + [self.info.boi_id], dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------- decoding
+
+    def decode(self, ids, skip_special: bool = True) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def stream_decoder(self, skip_special: bool = True) -> "StreamDecoder":
+        return StreamDecoder(self, skip_special)
+
+
+class StreamDecoder:
+    """Incremental detokenizer: push(id) returns only text that is final.
+
+    Byte-level BPE tokens can end in the middle of a UTF-8 character, and some decoders change a
+    token's text depending on its left neighbour, so each step decodes a short window: the ids since
+    the last emitted boundary (`prefix`) up to now, compared with the same window up to the previous
+    emission (`read`). Text is emitted only when the window does not end in U+FFFD (an incomplete
+    character); then the window restarts. Cost per push is O(window), not O(sequence).
+    """
+
+    def __init__(self, tokenizer: JanusTokenizer, skip_special: bool = True):
+        self._decode = lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=skip_special)
+        self._ids: list[int] = []  # only the current window
+        self._prefix_text = ""  # decode(window[:read]) - already emitted
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(int(token_id))
+        text = self._decode(self._ids)
+        if text.endswith("\ufffd") or len(text) <= len(self._prefix_text):
+            return ""  # incomplete character (or nothing visible yet): hold back
+        new = text[len(self._prefix_text):]
+        # Keep the last token as left context for the next decode, so a decoder that treats a
+        # window's first token specially (e.g. stripping a leading space) sees the same neighbour.
+        last = self._ids[-1:]
+        self._ids = last
+        self._prefix_text = self._decode(last)
+        return new
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete trailing character decodes to U+FFFD, as in decode)."""
+        text = self._decode(self._ids)
+        new = text[len(self._prefix_text):] if len(text) > len(self._prefix_text) else ""
+        self._ids, self._prefix_text = [], ""
+        return new
