@@ -87,8 +87,8 @@ class StreamDecoder:
     Byte-level BPE tokens can end in the middle of a UTF-8 character, and some decoders change a
     token's text depending on its left neighbour, so each step decodes a short window: the ids since
     the last emitted boundary (`prefix`) up to now, compared with the same window up to the previous
-    emission (`read`). Text is emitted only when the window does not end in U+FFFD (an incomplete
-    character); then the window restarts. Cost per push is O(window), not O(sequence).
+    emission. Trailing U+FFFD (an incomplete character) is held back; when the window ends on a
+    character boundary it restarts. Cost per push is O(window), not O(sequence).
     """
 
     def __init__(self, tokenizer: JanusTokenizer, skip_special: bool = True):
@@ -99,14 +99,19 @@ class StreamDecoder:
     def push(self, token_id: int) -> str:
         self._ids.append(int(token_id))
         text = self._decode(self._ids)
-        if text.endswith("\ufffd") or len(text) <= len(self._prefix_text):
-            return ""  # incomplete character (or nothing visible yet): hold back
-        new = text[len(self._prefix_text):]
-        # Keep the last token as left context for the next decode, so a decoder that treats a
-        # window's first token specially (e.g. stripping a leading space) sees the same neighbour.
-        last = self._ids[-1:]
-        self._ids = last
-        self._prefix_text = self._decode(last)
+        # Trailing U+FFFD = bytes of a character still incomplete: everything before them is final.
+        stable = text.rstrip("\ufffd")
+        if len(stable) <= len(self._prefix_text):
+            return ""
+        new = stable[len(self._prefix_text):]
+        if len(stable) == len(text):
+            # Clean boundary: restart the window, keeping the last token as left context so a
+            # decoder that treats a window's first token specially (e.g. dropping a leading
+            # space) sees the same neighbour as in the full sequence.
+            self._ids = self._ids[-1:]
+            self._prefix_text = self._decode(self._ids)
+        else:
+            self._prefix_text = stable
         return new
 
     def flush(self) -> str:
