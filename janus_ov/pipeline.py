@@ -1,0 +1,157 @@
+"""JanusPipeline: one object, one call per task (multimodal chat, text to image).
+
+    pipe = JanusPipeline.from_pretrained("deepseek-ai/Janus-Pro-1B")      # converts once, then cached
+    for piece in pipe.chat_stream([{"role": "user", "content": "What is this?", "images": ["cat.png"]}]):
+        print(piece, end="", flush=True)
+    images = pipe.generate_images("a red fox in the snow", num_images=2, seed=1)
+
+Requests are validated before they take a slot of the pool, so bad input fails fast with an
+InvalidInputError (a ValueError) and leaves the pipeline as it was. Imports: numpy, PIL,
+openvino, tokenizers -- never torch or transformers (unless from_pretrained has to convert).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import chat as chat_loop
+from . import text_to_image as t2i
+from .errors import InvalidInputError
+from .images import load_image, preprocess, to_pil
+from .model_info import ModelInfo
+from .prompts import chat_prompt, collect_images, fit_conversation, image_prompt
+from .runtime import Runtime
+from .sampling import ImageSampler, TokenSampler, check_int, check_number, check_seed
+from .tokenizer import JanusTokenizer
+
+MAX_IMAGES = 8  # per text-to-image request: 2 KV rows per image, memory grows with it
+MAX_TEMPERATURE = 5.0
+MAX_CFG = 20.0
+
+
+class JanusPipeline:
+    def __init__(self, model_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
+                 max_concurrency: int = 2, compile_cache_dir: str | Path | None = None, weights: str | None = None):
+        self.model_dir = Path(model_dir)
+        self.info = ModelInfo.load(self.model_dir)
+        self.tokenizer = JanusTokenizer.from_dir(self.model_dir)
+        self.device = device
+        self.weights = weights or _manifest_weights(self.model_dir)
+        self.runtime = Runtime(self.model_dir, device, ov_config, compile_cache_dir, max_concurrency)
+        self.last_stats: dict = {}
+
+    @classmethod
+    def from_pretrained(cls, model: str, weights: str = "int4", device: str = "CPU", cache_dir=None,
+                        ov_config: dict | None = None, progress=print, max_concurrency: int = 2) -> "JanusPipeline":
+        """A Hub id (optionally id@revision), a local checkpoint or an exported directory. Converts on first
+        use into the cache (`cache_dir`, default ~/.cache/janus_ov); compiled blobs go to `<cache>/compiled`."""
+        from .cache import default_cache_dir, ensure_converted
+
+        path = ensure_converted(model, weights=weights, cache_dir=cache_dir, progress=progress)
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        return cls(path, device, ov_config, max_concurrency, compile_cache_dir=root / "compiled", weights=weights)
+
+    @classmethod
+    def from_converted(cls, ir_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
+                       max_concurrency: int = 2) -> "JanusPipeline":
+        """A directory that already holds the IR parts (from the cache or `python -m janus_ov export`)."""
+        from .cache import default_cache_dir
+
+        return cls(ir_dir, device, ov_config, max_concurrency, compile_cache_dir=default_cache_dir() / "compiled")
+
+    # ------------------------------------------------------------------------------------------ chat
+
+    def chat_stream(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
+                    seed: int | None = None, stop_event=None) -> Iterator[str]:
+        """Answer the last user turn; yields text pieces (never a split UTF-8 character).
+
+        messages: [{"role": "user"|"assistant", "content": str, "images": [path|bytes|PIL|array, ...]}, ...]
+        Context policy: when prompt + max_new_tokens exceeds the context window the oldest whole
+        exchanges are dropped; if the last user turn alone does not fit, InvalidInputError.
+        Input is checked here, at call time; generation runs as the iterator is consumed.
+        """
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, int(self.info.max_position_embeddings))
+        sampler = TokenSampler(self.info.vocab_size, check_number("temperature", temperature, 0.0, MAX_TEMPERATURE),
+                               check_number("top_p", top_p, 0.0, 1.0, low_open=True), check_seed(seed))
+        messages = fit_conversation(messages, self.info, self.tokenizer, max_new_tokens)
+        images = [load_image(src) for src in collect_images(messages)]
+        pixel_values = preprocess(images, self.info) if images else None
+        input_ids = self.tokenizer.encode_chat(chat_prompt(messages, self.info), num_images=len(images))
+        return self._chat_pieces(input_ids, pixel_values, sampler, max_new_tokens, stop_event)
+
+    def chat(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None, stop_event=None) -> str:
+        """The whole answer at once (same arguments as chat_stream)."""
+        return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p, seed, stop_event))
+
+    def _chat_pieces(self, input_ids, pixel_values, sampler, max_new_tokens, stop_event) -> Iterator[str]:
+        stats = {"task": "chat", "seed": sampler.seed}
+        decoder = self.tokenizer.stream_decoder()
+        with self.runtime.context() as ctx:
+            tokens = chat_loop.generate_tokens(ctx, self.info, input_ids, pixel_values, sampler, max_new_tokens,
+                                               stop_event=stop_event, stats=stats)
+            for token in tokens:
+                piece = decoder.push(token)
+                if piece:
+                    yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail
+        self.last_stats = stats
+
+    # ------------------------------------------------------------------------------------------ image
+
+    def generate_images(self, prompt: str, negative_prompt: str | None = None, num_images: int = 1,
+                        cfg_weight: float = 5.0, temperature: float = 1.0, seed: int | None = None,
+                        callback=None, stop_event=None, preview_every: int = t2i.PREVIEW_EVERY):
+        """Text to image: `num_images` 384x384 PIL images generated together in one batch.
+
+        callback(step, total, preview) is called after each of the 576 steps; `preview` is a PIL
+        image of image 0 so far every `preview_every` steps (0: never), else None.
+        Returns [] if `stop_event` is set before the end.
+        """
+        info = self.info
+        num_images = check_int("num_images", num_images, 1, MAX_IMAGES)
+        cfg_weight = check_number("cfg_weight", cfg_weight, 1.0, MAX_CFG)
+        sampler = ImageSampler(num_images, info.codebook_size,
+                               check_number("temperature", temperature, 0.0, MAX_TEMPERATURE), check_seed(seed))
+        preview_every = check_int("preview_every", preview_every, 0, info.num_image_tokens)
+        if callback is not None and not callable(callback):
+            raise InvalidInputError(f"callback must be callable, got {type(callback).__name__}.")
+        cond_ids = self.tokenizer.encode_image_prompt(image_prompt(prompt, info))
+        if negative_prompt is None or (isinstance(negative_prompt, str) and not negative_prompt.strip()):
+            uncond_ids = t2i.unconditional_ids(cond_ids, info)
+        else:
+            uncond_ids = self.tokenizer.encode_image_prompt(image_prompt(negative_prompt, info))
+        longest = max(len(cond_ids), len(uncond_ids))
+        if longest + info.num_image_tokens > info.max_position_embeddings:
+            raise InvalidInputError(f"The prompt is too long: {longest} tokens + {info.num_image_tokens} image tokens "
+                                    f"exceed the context window of {info.max_position_embeddings}.")
+
+        stats = {"task": "image", "seed": sampler.seed, "num_images": num_images}
+        t0 = time.perf_counter()
+        with self.runtime.context() as ctx:
+            tokens = t2i.generate_image_tokens(ctx, info, cond_ids, uncond_ids, num_images, cfg_weight, sampler,
+                                               callback, stop_event, stats, preview_every)
+            if tokens is None:
+                self.last_stats = stats
+                return []
+            t1 = time.perf_counter()
+            pixels = t2i.decode_images(ctx, tokens)
+            stats["vq_decode_s"] = time.perf_counter() - t1
+        images = to_pil(pixels, info)
+        stats["total_s"] = time.perf_counter() - t0
+        self.last_stats = stats
+        return images
+
+
+def _manifest_weights(model_dir: Path) -> str:
+    try:
+        return str(json.loads((model_dir / "manifest.json").read_text())["weights"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"

@@ -1,0 +1,165 @@
+"""Compiled OpenVINO parts and a bounded pool of per-request inference contexts.
+
+One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once. Each request
+borrows a `Context`: its own infer requests for the language model (so its own KV-cache
+state) and for the small per-step parts. The two big one-shot parts (vision encoder, VQ
+decoder) have one shared infer request each, behind a lock: they run once per request and
+their activation buffers are the largest, so sharing them keeps memory flat as the pool grows.
+
+All calls share memory with OpenVINO both ways (`share_inputs`, `share_outputs`): outputs are
+numpy views of the request's own output tensors, valid until that request runs again.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from .errors import ModelNotFoundError
+from .parts import PARTS
+
+# Parts each request gets its own infer request for (called at every generation step).
+PER_REQUEST = ("text_embeddings", "language_model", "lm_head", "gen_embeddings", "gen_head")
+SHARED = ("vision", "vq_decoder")
+
+_core = None
+_core_lock = threading.Lock()
+
+
+def core() -> ov.Core:
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
+
+
+def compile_config(device: str, ov_config: dict | None, cache_dir: str | Path | None) -> dict:
+    """LATENCY hint + compiled-model cache, then the caller's overrides (which win)."""
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if cache_dir is not None and str(cache_dir) != "":
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
+        except OSError:
+            pass  # e.g. a read-only home: compile every time rather than fail
+    config.update({k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in (ov_config or {}).items()})
+    if config.get("CACHE_DIR") == "":
+        config.pop("CACHE_DIR")  # ov_config={"CACHE_DIR": ""} turns the cache off
+    return config
+
+
+class Context:
+    """One request's view of the model: private infer requests for the per-step parts."""
+
+    def __init__(self, runtime: "Runtime"):
+        self.runtime = runtime
+        self.req = {name: runtime.compiled[name].create_infer_request() for name in PER_REQUEST}
+
+    # -- per-request parts: return views into this context's output tensors --
+
+    def _run(self, part: str, inputs: dict) -> np.ndarray:
+        return self.req[part].infer(inputs, share_inputs=True, share_outputs=True)[0]
+
+    def embed_text(self, input_ids: np.ndarray) -> np.ndarray:
+        """input_ids i64 [B,T] -> inputs_embeds f32 [B,T,H]"""
+        return self._run("text_embeddings", {"input_ids": input_ids})
+
+    def embed_image_tokens(self, image_ids: np.ndarray) -> np.ndarray:
+        """image_ids i64 [B,T] -> inputs_embeds f32 [B,T,H]"""
+        return self._run("gen_embeddings", {"image_ids": image_ids})
+
+    def reset(self) -> None:
+        """Start a new sequence: forget the language model's KV cache."""
+        self.req["language_model"].reset_state()
+
+    def language_model(self, inputs_embeds, attention_mask, position_ids, beam_idx) -> np.ndarray:
+        """One stateful LM call; returns last_hidden_state f32 [B,T,H] (after the final norm)."""
+        return self._run("language_model", {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                                            "position_ids": position_ids, "beam_idx": beam_idx})
+
+    def lm_head(self, hidden_states: np.ndarray) -> np.ndarray:
+        """hidden_states f32 [B,T,H] -> logits f32 [B,T,V]"""
+        return self._run("lm_head", {"hidden_states": hidden_states})
+
+    def gen_head(self, hidden_states: np.ndarray, cfg_weight: np.ndarray) -> np.ndarray:
+        """hidden_states f32 [2N,H] (cond rows then uncond rows) -> CFG-mixed logits f32 [N,K]"""
+        return self._run("gen_head", {"hidden_states": hidden_states, "cfg_weight": cfg_weight})
+
+    # -- shared parts: serialised, results copied out (they are small next to the work) --
+
+    def vision(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values f32 [N,3,S,S] -> image_embeds f32 [N,576,H] (a private copy)"""
+        return self.runtime.run_shared("vision", {"pixel_values": pixel_values})
+
+    def vq_decode(self, image_ids: np.ndarray) -> np.ndarray:
+        """image_ids i64 [N,576] -> images f32 [N,3,S,S] in about -1..1 (a private copy)"""
+        return self.runtime.run_shared("vq_decoder", {"image_ids": image_ids})
+
+
+class Runtime:
+    """The compiled parts of one converted model plus a pool of at most `max_concurrency` contexts."""
+
+    def __init__(self, model_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
+                 cache_dir: str | Path | None = None, max_concurrency: int = 2):
+        """cache_dir: OpenVINO's compiled-model cache (CACHE_DIR); None = no cache."""
+        self.model_dir = Path(model_dir)
+        missing = [p for p in PARTS if not (self.model_dir / f"{p}.xml").is_file()]
+        if missing:
+            raise ModelNotFoundError(f"{self.model_dir} is not a converted Janus model: missing "
+                                     f"{', '.join(m + '.xml' for m in missing)}.")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
+        self.device = device
+        self.config = compile_config(device, ov_config, cache_dir)
+        # Compiling from the path (not a read_model result) lets a cache hit skip reading the IR.
+        # Parts compile in parallel: OpenVINO releases the GIL, and the big part dominates anyway.
+        with ThreadPoolExecutor(max_workers=len(PARTS)) as pool:
+            compiled = pool.map(lambda p: core().compile_model(str(self.model_dir / f"{p}.xml"), device, self.config),
+                                PARTS)
+            self.compiled = dict(zip(PARTS, compiled))
+        self._shared = {name: (self.compiled[name].create_infer_request(), threading.Lock()) for name in SHARED}
+        self._free: queue.LifoQueue = queue.LifoQueue()  # LIFO: reuse warm contexts first
+        self._created = 0
+        self._max = max_concurrency
+        self._lock = threading.Lock()
+
+    def run_shared(self, part: str, inputs: dict) -> np.ndarray:
+        request, lock = self._shared[part]
+        with lock:
+            return request.infer(inputs, share_inputs=True, share_outputs=False)[0]
+
+    @contextmanager
+    def context(self):
+        """Borrow a context (blocks while `max_concurrency` requests are running)."""
+        ctx = self._take()
+        try:
+            yield ctx
+        finally:
+            self._free.put(ctx)
+
+    def _take(self) -> Context:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._created < self._max:
+                self._created += 1
+                create = True
+            else:
+                create = False
+        if create:
+            try:
+                return Context(self)
+            except BaseException:
+                with self._lock:
+                    self._created -= 1
+                raise
+        return self._free.get()

@@ -1,0 +1,111 @@
+"""Text to image: classifier-free-guided sampling of 576 image tokens, then the VQ decoder.
+
+Batch layout (as transformers' JanusForConditionalGeneration.generate): 2N rows, the N
+conditional rows (the prompt) first, then the N unconditional rows. An unconditional row is
+the prompt with every token but BOS and <begin_of_image> replaced by the pad token, or, with
+a negative prompt, the negative prompt's tokens. When the two differ in length the shorter
+is left-padded with attention_mask 0 so every row ends at <begin_of_image>; position ids
+follow the mask (cumsum(mask) - 1), as transformers computes them.
+
+Per step: three OpenVINO calls -- gen_head (hidden [2N,H] -> CFG-mixed logits [N,K], the mix
+folded into the IR), gen_embeddings (the sampled ids, twice) and the stateful language model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .model_info import ModelInfo
+from .runtime import Context
+from .sampling import ImageSampler
+
+GRID = 24  # 576 tokens = 24 x 24 patches of 16 px
+PREVIEW_EVERY = 96  # steps between previews (4 token rows); each costs one VQ decode of one image
+
+
+def unconditional_ids(cond_ids: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """The prompt with everything except BOS and <begin_of_image> replaced by pad."""
+    keep = (cond_ids == info.bos_id) | (cond_ids == info.boi_id)
+    return np.where(keep, cond_ids, info.pad_id).astype(np.int64)
+
+
+def batch_rows(cond_ids: np.ndarray, uncond_ids: np.ndarray, num_images: int, pad_id: int):
+    """(input_ids [2N,T], attention_mask [2N,T]): N cond rows then N uncond rows, left-padded."""
+    width = max(len(cond_ids), len(uncond_ids))
+    ids = np.full((2 * num_images, width), pad_id, np.int64)
+    mask = np.zeros((2 * num_images, width), np.int64)
+    for rows, seq in ((slice(0, num_images), cond_ids), (slice(num_images, None), uncond_ids)):
+        ids[rows, width - len(seq):] = seq
+        mask[rows, width - len(seq):] = 1
+    return ids, mask
+
+
+def generate_image_tokens(ctx: Context, info: ModelInfo, cond_ids: np.ndarray, uncond_ids: np.ndarray,
+                          num_images: int, cfg_weight: float, sampler: ImageSampler, callback=None,
+                          stop_event=None, stats: dict | None = None, preview_every: int = PREVIEW_EVERY):
+    """Return image token ids [N,576], or None if `stop_event` was set."""
+    stats = {} if stats is None else stats
+    n_tokens = info.num_image_tokens
+    t0 = time.perf_counter()
+    ids, prompt_mask = batch_rows(cond_ids, uncond_ids, num_images, info.pad_id)
+    rows, width = ids.shape
+    # Buffers for the whole request, allocated once.
+    mask = np.ones((rows, width + n_tokens), np.int64)
+    mask[:, :width] = prompt_mask
+    first_position = prompt_mask.sum(axis=1)  # position id of the first image token, per row
+    position = np.zeros((rows, 1), np.int64)
+    step_ids = np.zeros((rows, 1), np.int64)
+    beam_idx = np.arange(rows, dtype=np.int32)
+    cfg = np.array(cfg_weight, np.float32)
+    tokens = np.zeros((num_images, n_tokens), np.int64)
+
+    ctx.reset()
+    prompt_positions = np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0)  # pads: any valid id, masked anyway
+    hidden = ctx.language_model(ctx.embed_text(ids), prompt_mask, prompt_positions, beam_idx)
+    hidden = np.ascontiguousarray(hidden[:, -1, :])  # [2N,H]
+    stats.update(prompt_tokens=width, prefill_s=time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    for i in range(n_tokens):
+        if stop_event is not None and stop_event.is_set():
+            stats.update(cancelled=True, steps=i)
+            return None
+        tokens[:, i] = sampler(ctx.gen_head(hidden, cfg))
+        if callback is not None:
+            preview = None
+            if preview_every and (i + 1) % preview_every == 0 and i + 1 < n_tokens:
+                preview = preview_image(ctx, tokens[0], i + 1)
+            callback(i + 1, n_tokens, preview)
+        if i + 1 == n_tokens:
+            break
+        step_ids[:num_images, 0] = tokens[:, i]
+        step_ids[num_images:, 0] = tokens[:, i]
+        position[:, 0] = first_position + i
+        hidden = ctx.language_model(ctx.embed_image_tokens(step_ids), mask[:, :width + i + 1], position, beam_idx)
+        hidden = hidden.reshape(rows, -1)  # [2N,1,H] -> [2N,H], still a view
+    steps_s = time.perf_counter() - t1
+    stats.update(steps=n_tokens, steps_s=steps_s, steps_per_s=n_tokens / steps_s, cancelled=False)
+    return tokens
+
+
+def decode_images(ctx: Context, tokens: np.ndarray) -> np.ndarray:
+    """VQ-decode token ids [N,576] -> f32 [N,3,384,384] in about -1..1."""
+    return ctx.vq_decode(np.ascontiguousarray(tokens, np.int64))
+
+
+def preview_image(ctx: Context, tokens: np.ndarray, done: int):
+    """A PIL preview of image 0 after `done` steps.
+
+    Tokens not generated yet are filled with copies of the generated rows (so the decoder sees
+    plausible neighbours rather than one repeated code), then that part of the picture is
+    dimmed: the top `done // 24` token rows are real, the rest is a stand-in.
+    """
+    from PIL import Image
+
+    filled = np.resize(tokens[:done], tokens.shape)[None]  # repeat the generated prefix cyclically
+    image = decode_images(ctx, filled)[0]
+    pixels = np.clip((image.transpose(1, 2, 0) + 1) / 2 * 255, 0, 255).astype(np.uint8)
+    real_rows = (done // GRID) * (pixels.shape[0] // GRID)
+    pixels[real_rows:] = pixels[real_rows:] // 3 + 85  # dim the stand-in part towards grey
+    return Image.fromarray(pixels)
