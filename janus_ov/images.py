@@ -147,7 +147,7 @@ def _grey_to_u8(a: np.ndarray, mode: str) -> np.ndarray:
 
 def _from_array(a: np.ndarray, max_pixels: int) -> Image.Image:
     """HxW or HxWxC (C = 1, 3, 4; or CxHxW when unambiguous) array -> PIL image (L, RGB or RGBA)."""
-    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] > 4:  # channel-first (no image is <5 px wide)
         a = np.moveaxis(a, 0, -1)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
