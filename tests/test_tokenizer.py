@@ -166,3 +166,35 @@ def test_stream_cost_stays_constant(tok):
         dec.push(i)
         longest = max(longest, len(dec._ids))
     assert len(ids) > 1000 and longest <= 5
+
+
+def test_legacy_original_checkpoint_matches_deepseek_processing():
+    """Janus-1.3B style (original format fixture): DeepSeek's VLChatProcessor tokenises the sft prompt with
+    the checkpoint's tokenizer (BOS added) and replaces each <image_placeholder> by boi + 576 x image + eoi."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from janus_ov.original import load_original
+
+    fixture = Path(__file__).parent / "data" / "tiny-janus-original"
+    ck = load_original(fixture)
+    info = ck.info
+    assert info.prompt_style == "legacy"
+    tok = JanusTokenizer(Tokenizer.from_str(ck.tokenizer_json), info)
+    messages = [{"role": "user", "content": "Describe the image.", "images": [IMG]},
+                {"role": "assistant", "content": "A cat."},
+                {"role": "user", "content": "And this one? 中文", "images": [IMG]}]
+    sft = (info.system_prompt + "\n\nUser: <image_placeholder>\nDescribe the image.\n\nAssistant: A cat."
+           + "<\uff5cend\u2581of\u2581sentence\uff5c>User: <image_placeholder>\nAnd this one? 中文\n\nAssistant:")
+    prompt = prompts.chat_prompt(messages, info)
+    assert prompt == sft
+    ds_ids = AutoTokenizer.from_pretrained(fixture).encode(sft)
+    expected = []
+    for t in ds_ids:
+        expected += [info.boi_id] + [info.image_id] * info.num_image_tokens + [info.eoi_id] \
+            if t == info.image_id else [t]
+    np.testing.assert_array_equal(tok.encode_chat(prompt, num_images=2), expected)
+    gen = AutoTokenizer.from_pretrained(fixture).encode("User: A red apple\n\nAssistant:<begin_of_image>")
+    np.testing.assert_array_equal(tok.encode_image_prompt(prompts.image_prompt("A red apple", info)), gen)
