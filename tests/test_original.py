@@ -389,3 +389,49 @@ def test_bin_with_non_tensor_entry_is_refused(tmp_path):
     torch.save(state, model_dir / "pytorch_model.bin")
     with pytest.raises(ConversionError, match="'step' is a int, not a tensor"):
         original.load_parts(model_dir)
+
+
+# --------------------------------------------------------------------------- (5) convert and run
+
+@pytest.fixture(scope="module")
+def original_ir(tmp_path_factory):
+    """The tiny original (.bin) checkpoint converted by the normal path, fp32 weights."""
+    from janus_ov.convert import convert_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny-original-ir")
+    convert_checkpoint(TINY_BIN, out, weights="fp32", progress=None)
+    return out
+
+
+def compiled(ir_dir: Path, part: str):
+    import openvino as ov
+
+    return ov.Core().compile_model(str(ir_dir / f"{part}.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def test_converted_original_matches_original_computation(original_ir):
+    from janus_ov.model_info import ModelInfo
+
+    info = ModelInfo.load(original_ir)
+    assert info.prompt_style == "legacy" and info.codebook_size == 256 and info.bos_id == 353
+    w = {k: v.float() for k, v in source_tensors(TINY_BIN).items()}
+
+    pixels = torch.rand(1, 3, 384, 384, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    embeds = compiled(original_ir, "vision")([pixels.numpy()])[0]
+    ref = siglip_reference(w, pixels)
+    torch.testing.assert_close(torch.from_numpy(embeds), ref, rtol=1e-3, atol=1e-3)
+
+    ids = torch.tensor([[3, 250, 7]])
+    gen = compiled(original_ir, "gen_embeddings")([ids.numpy()])[0]
+    ref = F.linear(F.gelu(F.linear(w["gen_embed.weight"][ids], w["gen_aligner.layers.0.weight"],
+                                   w["gen_aligner.layers.0.bias"])),
+                   w["gen_aligner.layers.2.weight"], w["gen_aligner.layers.2.bias"])
+    torch.testing.assert_close(torch.from_numpy(gen), ref, rtol=1e-3, atol=1e-3)
+
+    hidden = torch.randn(2, 64, generator=torch.Generator().manual_seed(3))  # 1 conditional row, 1 unconditional
+    logits = compiled(original_ir, "gen_head")([hidden.numpy(), torch.tensor(5.0).numpy()])[0]
+    head = F.linear(F.gelu(F.linear(hidden, w["gen_head.output_mlp_projector.weight"],
+                                    w["gen_head.output_mlp_projector.bias"])),
+                    w["gen_head.vision_head.weight"], w["gen_head.vision_head.bias"])
+    ref = head[1:] + 5.0 * (head[:1] - head[1:])
+    torch.testing.assert_close(torch.from_numpy(logits), ref, rtol=1e-3, atol=1e-3)
