@@ -22,6 +22,7 @@ from .errors import InvalidInputError
 # 384 px anyway) and keeps the worst decoded RGBA/I;32 image around 256 MB.
 MAX_PIXELS = 64_000_000
 
+_ORIENTATION = 0x0112  # EXIF tag
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 # warnings.catch_warnings swaps a process-wide filter list; serialise our use of it.
 _WARNINGS_LOCK = threading.Lock()
@@ -33,6 +34,8 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Any image source -> an RGB PIL image, upright (EXIF orientation applied), first frame only.
 
     src: a file path (str / Path), encoded file bytes, a PIL image or an HxW / HxWxC numpy array.
+    Files and bytes give their first frame; a PIL image gives its current frame. An RGB, upright
+    PIL image is returned as is (not copied); nothing here modifies its input.
     Raises InvalidInputError (naming the file) for missing, unreadable, corrupt, truncated or
     oversized images; the size is checked from the header, before any pixel is decoded.
     """
@@ -65,7 +68,8 @@ def _decode(fp, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise InvalidInputError(f"{name} is too large to decode safely ({e})") from e
+        raise InvalidInputError(f"{name} is too large to decode safely (over the {max_pixels / 1e6:.0f} MP limit, "
+                                f"decompression-bomb protection; PIL says: {e}); downscale it first") from e
     except Image.UnidentifiedImageError as e:
         raise InvalidInputError(f"{name} is not a readable image (unknown or corrupt format)") from e
     except OSError as e:
@@ -96,7 +100,8 @@ def _finish(im: Image.Image, name: str) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - a lazily opened PIL image passed in by the caller
         raise InvalidInputError(f"{name} cannot be decoded: {e}") from e
     try:
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(_ORIENTATION, 1) != 1:  # skip exif_transpose's full copy when upright
+            im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a malformed EXIF block must not reject a decodable image
         pass
     return _to_rgb(im, name)
