@@ -78,16 +78,21 @@ class JanusPipeline:
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, int(self.info.max_position_embeddings))
         sampler = TokenSampler(self.info.vocab_size, check_number("temperature", temperature, 0.0, MAX_TEMPERATURE),
                                check_number("top_p", top_p, 0.0, 1.0, low_open=True), check_seed(seed))
-        messages = fit_conversation(messages, self.info, self.tokenizer, max_new_tokens)
-        images = [load_image(src) for src in collect_images(messages)]
-        pixel_values = preprocess(images, self.info) if images else None
-        input_ids = self.tokenizer.encode_chat(chat_prompt(messages, self.info), num_images=len(images))
+        input_ids, pixel_values = self._chat_inputs(messages, max_new_tokens)
         return self._chat_pieces(input_ids, pixel_values, sampler, max_new_tokens, stop_event)
 
     def chat(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
              seed: int | None = None, stop_event=None) -> str:
         """The whole answer at once (same arguments as chat_stream)."""
         return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p, seed, stop_event))
+
+    def _chat_inputs(self, messages, max_new_tokens: int):
+        """(input_ids i64 [T], pixel_values f32 [N,3,S,S] or None) of a conversation, after the context policy."""
+        messages = fit_conversation(messages, self.info, self.tokenizer, max_new_tokens)
+        images = [load_image(src) for src in collect_images(messages)]
+        pixel_values = preprocess(images, self.info) if images else None
+        input_ids = self.tokenizer.encode_chat(chat_prompt(messages, self.info), num_images=len(images))
+        return input_ids, pixel_values
 
     def _chat_pieces(self, input_ids, pixel_values, sampler, max_new_tokens, stop_event) -> Iterator[str]:
         stats = {"task": "chat", "seed": sampler.seed}
@@ -123,16 +128,7 @@ class JanusPipeline:
         preview_every = check_int("preview_every", preview_every, 0, info.num_image_tokens)
         if callback is not None and not callable(callback):
             raise InvalidInputError(f"callback must be callable, got {type(callback).__name__}.")
-        cond_ids = self.tokenizer.encode_image_prompt(image_prompt(prompt, info))
-        if negative_prompt is None or (isinstance(negative_prompt, str) and not negative_prompt.strip()):
-            uncond_ids = t2i.unconditional_ids(cond_ids, info)
-        else:
-            uncond_ids = self.tokenizer.encode_image_prompt(image_prompt(negative_prompt, info))
-        longest = max(len(cond_ids), len(uncond_ids))
-        if longest + info.num_image_tokens > info.max_position_embeddings:
-            raise InvalidInputError(f"The prompt is too long: {longest} tokens + {info.num_image_tokens} image tokens "
-                                    f"exceed the context window of {info.max_position_embeddings}.")
-
+        cond_ids, uncond_ids = self._image_inputs(prompt, negative_prompt)
         stats = {"task": "image", "seed": sampler.seed, "num_images": num_images}
         t0 = time.perf_counter()
         with self.runtime.context() as ctx:
@@ -148,6 +144,20 @@ class JanusPipeline:
         stats["total_s"] = time.perf_counter() - t0
         self.last_stats = stats
         return images
+
+    def _image_inputs(self, prompt: str, negative_prompt: str | None):
+        """(conditional ids, unconditional ids), both i64 and ending in <begin_of_image>."""
+        info = self.info
+        cond_ids = self.tokenizer.encode_image_prompt(image_prompt(prompt, info))
+        if negative_prompt is None or (isinstance(negative_prompt, str) and not negative_prompt.strip()):
+            uncond_ids = t2i.unconditional_ids(cond_ids, info)
+        else:
+            uncond_ids = self.tokenizer.encode_image_prompt(image_prompt(negative_prompt, info))
+        longest = max(len(cond_ids), len(uncond_ids))
+        if longest + info.num_image_tokens > info.max_position_embeddings:
+            raise InvalidInputError(f"The prompt is too long: {longest} tokens + {info.num_image_tokens} image tokens "
+                                    f"exceed the context window of {info.max_position_embeddings}.")
+        return cond_ids, uncond_ids
 
 
 def _manifest_weights(model_dir: Path) -> str:
