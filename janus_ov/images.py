@@ -72,7 +72,7 @@ def _decode(fp, name: str, max_pixels: int) -> Image.Image:
                                 f"decompression-bomb protection; PIL says: {e}); downscale it first") from e
     except Image.UnidentifiedImageError as e:
         raise InvalidInputError(f"{name} is not a readable image (unknown or corrupt format)") from e
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - OSError, and ValueError/SyntaxError from damaged headers
         raise InvalidInputError(f"could not open {name}: {e}") from e
     with im:
         _check_size(im.size, name, max_pixels)  # header only: nothing decoded yet

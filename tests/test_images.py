@@ -225,8 +225,9 @@ def test_missing_and_directory(tmp_path):
         images.load_image(tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"this is not an image at all" * 10, b"\x89PNG\r\n\x1a\n" + b"\0" * 50, b""],
-                         ids=["text", "png-signature-only", "empty"])
+@pytest.mark.parametrize("content", [b"this is not an image at all" * 10, b"\x89PNG\r\n\x1a\n" + b"\0" * 50, b"",
+                                     b"P6\n60 4"],
+                         ids=["text", "png-signature-only", "empty", "ppm-header-cut"])
 def test_corrupt_file_names_the_file(tmp_path, content):
     path = tmp_path / "broken.png"
     path.write_bytes(content)
@@ -244,6 +245,26 @@ def test_truncated_file_names_the_file(tmp_path, fmt):
     path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(InvalidInputError, match=f"cut.{fmt.lower()}"):
         images.load_image(path)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "ICO"])
+def test_damaged_files_give_clear_errors_only(fmt):
+    """Random byte damage and cuts: every outcome is an RGB image or an InvalidInputError, nothing else."""
+    rng = np.random.default_rng(11)
+    buf = io.BytesIO()
+    _noise(60, 40, seed=12).save(buf, fmt)
+    data = buf.getvalue()
+    for _ in range(60):
+        damaged = bytearray(data)
+        if rng.integers(2):
+            damaged = damaged[: int(rng.integers(1, len(data)))]
+        else:
+            for pos in rng.integers(0, len(data), size=int(rng.integers(1, 10))):
+                damaged[pos] = int(rng.integers(256))
+        try:
+            assert images.load_image(bytes(damaged)).mode == "RGB"
+        except InvalidInputError as e:
+            assert str(e)
 
 
 def _png_bomb(w: int, h: int, rows: int | None = None) -> bytes:
