@@ -33,7 +33,8 @@ _WARNINGS_LOCK = threading.Lock()
 def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Any image source -> an RGB PIL image, upright (EXIF orientation applied), first frame only.
 
-    src: a file path (str / Path), encoded file bytes, a PIL image or an HxW / HxWxC numpy array.
+    src: a file path (str / Path), encoded file bytes, a binary file object, a PIL image or an
+    HxW / HxWxC numpy array.
     Files and bytes give their first frame; a PIL image gives its current frame. An RGB, upright
     PIL image is returned as is (not copied); nothing here modifies its input.
     Raises InvalidInputError (naming the file) for missing, unreadable, corrupt, truncated or
@@ -57,6 +58,8 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
         if not path.is_file():
             raise InvalidInputError(f"image path is not a file: {path}")
         return _decode(path, f"image file {path}", max_pixels)
+    if hasattr(src, "read"):  # an open binary file or stream
+        return _decode(src, f"image {getattr(src, 'name', 'stream')}", max_pixels)
     raise InvalidInputError(
         f"unsupported image type {type(src).__name__}: pass a file path, bytes, a PIL image or a numpy array")
 

@@ -169,6 +169,8 @@ def test_exif_orientation_is_applied(tmp_path):
     # Same through a PIL image and through bytes.
     np.testing.assert_array_equal(np.asarray(images.load_image(Image.open(path))), np.asarray(got))
     np.testing.assert_array_equal(np.asarray(images.load_image(path.read_bytes())), np.asarray(got))
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(np.asarray(images.load_image(f)), np.asarray(got))
 
 
 def test_animated_gif_uses_first_frame(tmp_path):
@@ -235,6 +237,8 @@ def test_corrupt_file_names_the_file(tmp_path, content):
         images.load_image(path)
     with pytest.raises(InvalidInputError):
         images.load_image(content or b"\0")
+    with open(path, "rb") as f, pytest.raises(InvalidInputError, match="broken.png"):
+        images.load_image(f)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
