@@ -23,6 +23,7 @@ from .errors import ConversionError
 # language model is traced with a non-empty cache and T > 1 so no "first step" or
 # "single token" branch gets frozen into the graph.
 _B, _T, _P = 2, 3, 2
+_PATCH_NAME = "_janus_ov_orig_forward"
 
 
 def convert_checkpoint(model_dir, output_dir, weights: str = "int4", progress=print) -> Path:
@@ -31,6 +32,7 @@ def convert_checkpoint(model_dir, output_dir, weights: str = "int4", progress=pr
 
     if weights not in parts.WEIGHT_FORMATS:
         raise ConversionError(f"Unknown weight format {weights!r}; choose one of {', '.join(parts.WEIGHT_FORMATS)}.")
+    progress = progress or (lambda message: None)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     progress(f"Loading checkpoint {model_dir}")
@@ -65,14 +67,18 @@ def trace_part(model, name: str):
     import openvino as ov
     import torch
     from openvino.frontend.pytorch.patch_model import __make_16bit_traceable as make_16bit_traceable
+    from openvino.frontend.pytorch.patch_model import unpatch_model
 
     module, example, shapes = _WRAPPERS[name](model)
-    make_16bit_traceable(module)
-    with torch.no_grad():
-        try:
+    make_16bit_traceable(module, _PATCH_NAME)
+    try:
+        with torch.no_grad():
             ov_model = ov.convert_model(module, example_input=example, input=shapes)
-        except Exception as err:  # the frontend raises many types; report which part failed
-            raise ConversionError(f"OpenVINO could not convert the {name} part: {err}") from err
+    except Exception as err:  # the frontend raises many types; report which part failed
+        raise ConversionError(f"OpenVINO could not convert the {name} part: {err}") from err
+    finally:
+        # The patch also replaces torch.bmm process-wide; leave torch as we found it.
+        unpatch_model(module, _PATCH_NAME)
     _name_ports(ov_model.inputs, parts.INPUTS[name] if name != "language_model" else _lm_input_names(model))
     _name_ports(ov_model.outputs, parts.OUTPUTS[name] if name != "language_model" else _lm_output_names(model))
     if name == "language_model":

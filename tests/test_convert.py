@@ -1,0 +1,246 @@
+"""Conversion to OpenVINO IR: every part matches the PyTorch module it came from.
+
+Tolerances (relative error = max|ov - torch| / max|torch|, tiny random model):
+- fp32 export: <= 1e-3 for every part (the issue's bar; measured ~1e-6).
+- fp16 export: <= 2e-2 for every part (fp16 weights carry ~3 significant digits).
+Compressed exports (int8/int4) are checked in test_compress_* against the fp32 export.
+"""
+
+import json
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+from janus_ov import parts
+from janus_ov.errors import ConversionError, ModelNotFoundError
+from janus_ov.model_info import ModelInfo
+
+F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+FP32_TOL, FP16_TOL = 1e-3, 2e-2
+CORE = ov.Core()
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_model_dir):
+    from transformers import JanusForConditionalGeneration
+
+    return JanusForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_ir_fp16(tiny_model_dir, tmp_path_factory):
+    from janus_ov.convert import convert_checkpoint
+
+    return convert_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("tiny-ir-fp16"), weights="fp16", progress=None)
+
+
+def compile_part(ir_dir, name):
+    return CORE.compile_model(ir_dir / f"{name}.xml", "CPU", F32)
+
+
+def rel_error(got, ref) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+# --------------------------------------------------------------------------------------------
+# Layout and metadata
+
+
+def test_export_has_every_part_with_documented_names(tiny_ir_fp32):
+    for name in parts.PARTS:
+        model = CORE.read_model(tiny_ir_fp32 / f"{name}.xml")
+        assert [p.get_any_name() for p in model.inputs] == list(parts.INPUTS[name])
+        assert [p.get_any_name() for p in model.outputs] == list(parts.OUTPUTS[name])
+        assert (tiny_ir_fp32 / f"{name}.bin").stat().st_size > 0
+    assert (tiny_ir_fp32 / "tokenizer.json").is_file()
+
+
+def test_shapes_are_dynamic_where_parts_says(tiny_ir_fp32):
+    lm = CORE.read_model(tiny_ir_fp32 / "language_model.xml")
+    for port in lm.inputs:
+        assert port.get_partial_shape()[0].is_dynamic, port.get_any_name()
+    assert lm.input("inputs_embeds").get_partial_shape()[1].is_dynamic
+    assert lm.input("attention_mask").get_partial_shape()[1].is_dynamic
+    assert lm.input("beam_idx").get_element_type() == ov.Type.i32
+    assert len(lm.get_sinks()) == 2 * 2  # keys and values of the tiny model's 2 layers
+    vision = CORE.read_model(tiny_ir_fp32 / "vision.xml")
+    assert str(vision.input(0).get_partial_shape()) == "[?,3,384,384]"
+    vq = CORE.read_model(tiny_ir_fp32 / "vq_decoder.xml")
+    assert str(vq.input(0).get_partial_shape()) == "[?,576]"
+    assert vq.input(0).get_element_type() == ov.Type.i64
+
+
+def test_model_info_and_tokenizer_come_from_the_checkpoint(tiny_ir_fp32, tiny_model_dir, torch_model):
+    from tokenizers import Tokenizer
+
+    from janus_ov.tiny import BOI, BOS, EOI, EOS, IMAGE_TOKEN, PAD
+
+    info = ModelInfo.load(tiny_ir_fp32)
+    tok = Tokenizer.from_file(str(tiny_ir_fp32 / "tokenizer.json"))
+    assert (info.bos_id, info.eos_id, info.pad_id) == tuple(map(tok.token_to_id, (BOS, EOS, PAD)))
+    assert (info.image_id, info.boi_id, info.eoi_id) == tuple(map(tok.token_to_id, (IMAGE_TOKEN, BOI, EOI)))
+    assert info.prompt_style == "pro"
+    assert info.system_prompt.startswith("You are a helpful language and vision assistant.")
+    assert not info.system_prompt.endswith("\n")
+    text = torch_model.config.text_config
+    assert (info.hidden_size, info.vocab_size) == (text.hidden_size, text.vocab_size)
+    assert info.codebook_size == torch_model.config.vq_config.num_embeddings
+    assert info.num_image_tokens == 576 and info.image_size == 384 and info.min_size == 14
+    processor = json.loads((tiny_model_dir / "processor_config.json").read_text())["image_processor"]
+    assert info.image_mean == processor["image_mean"] and info.image_std == processor["image_std"]
+    assert info.rescale_factor == pytest.approx(processor["rescale_factor"])
+    assert info.background_color == processor["background_color"]
+
+
+def test_bad_arguments_give_clear_errors(tiny_model_dir, tmp_path):
+    from janus_ov.convert import convert_checkpoint
+
+    with pytest.raises(ConversionError, match="weight format"):
+        convert_checkpoint(tiny_model_dir, tmp_path / "out", weights="int3", progress=None)
+    with pytest.raises(ModelNotFoundError, match="not a Janus checkpoint"):
+        convert_checkpoint(tmp_path, tmp_path / "out", weights="fp32", progress=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Stateless parts: OV output vs the PyTorch module
+
+
+def part_cases(model):
+    """(part name, OV inputs, PyTorch reference output) for every stateless part."""
+    rng = np.random.default_rng(0)
+    text, vq = model.config.text_config, model.config.vq_config
+    janus = model.model
+    pixels = rng.uniform(-1, 1, (2, 3, 384, 384)).astype(np.float32)
+    ids = rng.integers(0, text.vocab_size, (2, 5))
+    image_ids = rng.integers(0, vq.num_embeddings, (2, 7))
+    hidden = rng.standard_normal((2, 5, text.hidden_size)).astype(np.float32)
+    cfg_rows = rng.standard_normal((4, text.hidden_size)).astype(np.float32)
+    vq_ids = rng.integers(0, vq.num_embeddings, (2, 576))
+    t = torch.from_numpy
+    with torch.no_grad():
+        head = janus.generation_head(t(cfg_rows))
+        cases = [
+            ("vision", [pixels], janus.get_image_features(t(pixels)).pooler_output),
+            ("text_embeddings", [ids], janus.language_model.embed_tokens(t(ids))),
+            ("lm_head", [hidden], model.lm_head(t(hidden))),
+            ("gen_embeddings", [image_ids], model.prepare_embeddings_for_image_generation(t(image_ids))),
+            ("gen_head", [cfg_rows, np.float32(3.5)], head[2:] + 3.5 * (head[:2] - head[2:])),
+            ("vq_decoder", [vq_ids], janus.vqmodel.decode(t(vq_ids))),
+        ]
+    return [(name, inputs, ref.numpy()) for name, inputs, ref in cases]
+
+
+@pytest.mark.parametrize("fmt,tol", [("fp32", FP32_TOL), ("fp16", FP16_TOL)])
+def test_stateless_parts_match_pytorch(fmt, tol, torch_model, request):
+    ir_dir = request.getfixturevalue("tiny_ir_fp32" if fmt == "fp32" else "tiny_ir_fp16")
+    for name, inputs, ref in part_cases(torch_model):
+        got = compile_part(ir_dir, name)(inputs)[0]
+        assert rel_error(got, ref) <= tol, (fmt, name, rel_error(got, ref))
+
+
+def test_gen_head_cfg_weight_is_an_input(tiny_ir_fp32, torch_model):
+    rows = np.random.default_rng(1).standard_normal((2, torch_model.config.text_config.hidden_size), np.float32)
+    head = compile_part(tiny_ir_fp32, "gen_head")
+    with torch.no_grad():
+        cond, uncond = torch_model.model.generation_head(torch.from_numpy(rows)).numpy()
+    for weight in (0.0, 1.0, 5.0):
+        got = head([rows, np.float32(weight)])[0]
+        assert got.shape == (1, torch_model.config.vq_config.num_embeddings)
+        assert rel_error(got[0], uncond + weight * (cond - uncond)) <= FP32_TOL
+
+
+# --------------------------------------------------------------------------------------------
+# Stateful language model
+
+
+def lm_inputs(model, batch, length, pad=(), seed=0):
+    """Random embeddings with left padding: row i has pad[i] leading masked positions (as CFG uses)."""
+    rng = np.random.default_rng(seed)
+    embeds = rng.standard_normal((batch, length, model.config.text_config.hidden_size)).astype(np.float32)
+    mask = np.ones((batch, length), np.int64)
+    for row, n in enumerate(pad):
+        mask[row, :n] = 0
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    return embeds, mask, positions
+
+
+def torch_lm(model, embeds, mask, positions):
+    t = torch.from_numpy
+    with torch.no_grad():
+        out = model(inputs_embeds=t(embeds), attention_mask=t(mask), position_ids=t(positions))
+        hidden = model.model(inputs_embeds=t(embeds), attention_mask=t(mask), position_ids=t(positions))
+    return hidden.last_hidden_state.numpy(), out.logits.numpy()
+
+
+def ov_lm(request_, embeds, mask, positions, chunks, beam_idx=None, start=0):
+    """Feed tokens start.. in chunks of the given lengths; return the concatenated hidden states."""
+    batch, outputs = embeds.shape[0], []
+    for n in chunks:
+        end = start + n
+        result = request_.infer({
+            "inputs_embeds": embeds[:, start:end], "attention_mask": mask[:, :end],
+            "position_ids": positions[:, start:end],
+            "beam_idx": np.arange(batch, dtype=np.int32) if beam_idx is None else beam_idx,
+        })
+        outputs.append(result["last_hidden_state"].copy())
+        start = end
+    assert start == embeds.shape[1]
+    return np.concatenate(outputs, axis=1)
+
+
+@pytest.fixture(scope="module")
+def lm_request(tiny_ir_fp32):
+    return compile_part(tiny_ir_fp32, "language_model").create_infer_request()
+
+
+@pytest.mark.parametrize("chunks", [[9], [1] * 9, [5, 1, 1, 1, 1], [2, 3, 1, 3], [8, 1]])
+@pytest.mark.parametrize("pad", [(), (0, 3)], ids=["batch1", "batch2-left-padded"])
+def test_lm_prefill_then_steps_matches_full_sequence(torch_model, tiny_ir_fp32, lm_request, chunks, pad):
+    embeds, mask, positions = lm_inputs(torch_model, max(len(pad), 1), sum(chunks), pad)
+    ref_hidden, ref_logits = torch_lm(torch_model, embeds, mask, positions)
+    lm_request.reset_state()
+    hidden = ov_lm(lm_request, embeds, mask, positions, chunks)
+    logits = compile_part(tiny_ir_fp32, "lm_head")([hidden])[0]
+    valid = mask.astype(bool)  # outputs at padded positions are never used
+    assert rel_error(hidden[valid], ref_hidden[valid]) <= FP32_TOL
+    assert rel_error(logits[valid], ref_logits[valid]) <= FP32_TOL
+    assert (logits[valid].argmax(-1) == ref_logits[valid].argmax(-1)).all()
+
+
+def test_lm_reset_state_starts_a_new_sequence(torch_model, lm_request):
+    first = lm_inputs(torch_model, 1, 6, seed=1)
+    second = lm_inputs(torch_model, 1, 4, seed=2)
+    lm_request.reset_state()
+    ov_lm(lm_request, *first, [6])
+    lm_request.reset_state()
+    hidden = ov_lm(lm_request, *second, [3, 1])
+    assert rel_error(hidden, torch_lm(torch_model, *second)[0]) <= FP32_TOL
+
+
+def test_lm_beam_idx_reorders_the_cache(torch_model, lm_request):
+    embeds, mask, positions = lm_inputs(torch_model, 2, 6, seed=3)
+    lm_request.reset_state()
+    ov_lm(lm_request, embeds[:, :5], mask[:, :5], positions[:, :5], [5])
+    # Swap the rows: row 0 now continues sequence 1 and vice versa.
+    swapped = np.ascontiguousarray(embeds[::-1])
+    step = ov_lm(lm_request, swapped, mask, positions, [1], beam_idx=np.array([1, 0], np.int32), start=5)
+    ref = torch_lm(torch_model, swapped, mask, positions)[0][:, 5:]
+    assert rel_error(step, ref) <= FP32_TOL
+    # Duplicating a row (what beam search does) works too.
+    lm_request.reset_state()
+    ov_lm(lm_request, embeds[:, :5], mask[:, :5], positions[:, :5], [5])
+    dup = np.ascontiguousarray(embeds[[0, 0]])
+    step = ov_lm(lm_request, dup, mask, positions, [1], beam_idx=np.array([0, 0], np.int32), start=5)
+    assert rel_error(step, torch_lm(torch_model, dup, mask, positions)[0][:, 5:]) <= FP32_TOL
+
+
+def test_lm_fp16_export_within_tolerance(torch_model, tiny_ir_fp16):
+    embeds, mask, positions = lm_inputs(torch_model, 2, 7, (0, 2), seed=4)
+    request_ = compile_part(tiny_ir_fp16, "language_model").create_infer_request()
+    hidden = ov_lm(request_, embeds, mask, positions, [4, 1, 1, 1])
+    valid = mask.astype(bool)
+    assert rel_error(hidden[valid], torch_lm(torch_model, embeds, mask, positions)[0][valid]) <= FP16_TOL
