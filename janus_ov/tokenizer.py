@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, JanusError, ModelNotFoundError
+from .model_info import FILE_NAME as MODEL_INFO_FILE
 from .model_info import ModelInfo
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -25,11 +26,17 @@ class JanusTokenizer:
 
     @classmethod
     def from_dir(cls, model_dir) -> "JanusTokenizer":
+        """Read tokenizer.json and model_info.json from a converted model directory."""
         model_dir = Path(model_dir)
-        path = model_dir / TOKENIZER_FILE
-        if not path.is_file():
-            raise InvalidInputError(f"no {TOKENIZER_FILE} in {model_dir}; is this a converted Janus model directory?")
-        return cls(Tokenizer.from_file(str(path)), ModelInfo.load(model_dir))
+        for name in (TOKENIZER_FILE, MODEL_INFO_FILE):
+            if not (model_dir / name).is_file():
+                raise ModelNotFoundError(f"no {name} in {model_dir}; is this a converted Janus model directory?")
+        try:
+            tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+            info = ModelInfo.load(model_dir)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exceptions on bad JSON
+            raise JanusError(f"the tokenizer files in {model_dir} are unreadable ({e}); convert the model again") from e
+        return cls(tokenizer, info)
 
     # ------------------------------------------------------------------------------------- encoding
 
@@ -67,10 +74,15 @@ class JanusTokenizer:
 
     def encode_image_prompt(self, prompt: str) -> np.ndarray:
         """Text-to-image prompt (from prompts.image_prompt) -> int64 ids [T]: BOS ... <begin_of_image>."""
-        ids = self._text_ids(prompt)
+        ids = self._text_ids(prompt) + [self.info.boi_id]
         if self.info.image_id in ids:
             raise InvalidInputError("a text-to-image prompt cannot contain image placeholders")
-        return np.array(ids + [self.info.boi_id], dtype=np.int64)
+        limit, n = int(self.info.max_position_embeddings), int(self.info.num_image_tokens)
+        if len(ids) + n > limit:
+            raise InvalidInputError(
+                f"the prompt is {len(ids)} tokens; with the {n} image tokens to generate that exceeds the "
+                f"model's context window of {limit} tokens: shorten the prompt")
+        return np.array(ids, dtype=np.int64)
 
     # ------------------------------------------------------------------------------------- decoding
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from janus_ov import prompts
-from janus_ov.errors import InvalidInputError
+from janus_ov.errors import InvalidInputError, JanusError, ModelNotFoundError
 from janus_ov.tiny import _CORPUS
 from janus_ov.tokenizer import JanusTokenizer
 
@@ -108,9 +108,23 @@ def test_decode_equals_processor(ref, tok):
     assert tok.decode(tok.encode_chat(text)) == text  # BOS is skipped
 
 
-def test_from_dir_without_tokenizer(tmp_path):
-    with pytest.raises(InvalidInputError, match="no tokenizer.json"):
+def test_from_dir_errors(tmp_path, tok):
+    with pytest.raises(ModelNotFoundError, match="no tokenizer.json"):
         JanusTokenizer.from_dir(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ModelNotFoundError, match="no model_info.json"):
+        JanusTokenizer.from_dir(tmp_path)
+    tok.info.save(tmp_path)
+    with pytest.raises(JanusError, match="unreadable"):
+        JanusTokenizer.from_dir(tmp_path)
+
+
+def test_image_prompt_must_leave_room_for_the_image(ref, tok):
+    _, info = ref
+    room = info.max_position_embeddings - info.num_image_tokens
+    words = " ".join(["cat"] * (room + 10))
+    with pytest.raises(InvalidInputError, match="context window of 2048 tokens"):
+        tok.encode_image_prompt(prompts.image_prompt(words, info))
 
 
 def _stream(tok, ids, skip_special=True):
