@@ -114,8 +114,9 @@ def _to_rgb(im: Image.Image, name: str) -> Image.Image:
     """Convert any PIL mode to RGB.
 
     Transparency is composited over WHITE, as transformers' `convert_to_rgb` does (and as viewers
-    show it); plain `.convert("RGB")` would instead expose whatever colour hides under alpha=0
-    (often black). High-bit-depth greyscale is scaled to 8 bits, where PIL would clip at 255.
+    show it). DeepSeek's original code calls `.convert("RGB")`, which drops alpha and exposes
+    whatever colour hides under alpha=0 (often black): we deliberately do not follow it there.
+    High-bit-depth greyscale is scaled to 8 bits, where PIL would clip at 255.
     """
     mode = im.mode
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB", "1") and "transparency" in im.info):
