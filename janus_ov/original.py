@@ -216,9 +216,9 @@ def _text_config(language: dict, shapes: dict, token_ids: dict):
     if not heads or heads * head_dim != q_rows or kv_rows % head_dim:
         raise ConversionError(f"language_config says {heads} heads of size {head_dim}, which does not fit the "
                               f"attention weights ({q_rows} query rows, {kv_rows} key rows).")
-    junk = {"_attn_implementation_autoset", "torch_dtype", "dtype", "model_type", "architectures",
-            "transformers_version", "_name_or_path"}
-    kwargs = {k: v for k, v in language.items() if k not in junk}
+    # Drop bookkeeping and private keys (e.g. an "_attn_implementation" asking for flash attention).
+    junk = {"torch_dtype", "dtype", "model_type", "architectures", "transformers_version"}
+    kwargs = {k: v for k, v in language.items() if k not in junk and not k.startswith("_")}
     kwargs.update(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv_rows // head_dim, head_dim=head_dim,
                   bos_token_id=token_ids["bos"], eos_token_id=token_ids["eos"], pad_token_id=token_ids["pad"],
@@ -455,6 +455,10 @@ def load_tokenizer(model_dir: Path, processor: dict):
 def model_info(model_dir: Path, config, processor: dict, preprocess: dict, ids: dict) -> ModelInfo:
     """What the serving side needs: prompt style, token ids, sizes, the checkpoint's preprocessing."""
     vision, text = config.vision_config, config.text_config
+    too_big = {role: i for role, i in ids.items() if i >= text.vocab_size}
+    if too_big:
+        raise ConversionError(f"Token ids {too_big} lie beyond the {text.vocab_size}-row embedding table: "
+                              "the tokenizer does not belong to these weights.")
     num_image_tokens = int(processor.get("num_image_tokens", vision.num_image_tokens))
     image_size = int(preprocess.get("image_size", vision.image_size))
     if num_image_tokens != vision.num_image_tokens or image_size != vision.image_size:
@@ -497,22 +501,22 @@ def load_parts(model_dir, dtype=None):
     model_dir = Path(model_dir)
     config = read_original_config(model_dir)
     processor = _read_json(model_dir / "processor_config.json", required=False)
-    preprocess = _read_json(model_dir / "preprocessor_config.json")
     tokenizer_json, ids = load_tokenizer(model_dir, processor)
     weights = WeightFiles(model_dir)
-    shapes = weights.shapes()
-    janus_config = build_config(config, shapes, ids)
+    janus_config = build_config(config, weights.shapes(), ids)
+    # Everything is checked on names and shapes before the first tensor is read.
+    info = model_info(model_dir, janus_config, processor, _read_json(model_dir / "preprocessor_config.json"), ids)
     with torch.device("meta"):
         model = JanusForConditionalGeneration(janus_config)
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    mapping = plan(shapes, model_shapes, janus_config.vq_config.num_embeddings)
+    num_embeddings = janus_config.vq_config.num_embeddings
+    mapping = plan(weights.shapes(), {k: tuple(v.shape) for k, v in model.state_dict().items()}, num_embeddings)
     target_dtype = _target_dtype(dtype, config)
-    _stream_weights(model, weights, mapping, janus_config.vq_config.num_embeddings, target_dtype)
+    _stream_weights(model, weights, mapping, num_embeddings, target_dtype)
     _rebuild_derived_buffers(model)
     model.config.dtype = target_dtype
     _set_generation_config(model, ids)
     model.eval().requires_grad_(False)
-    return model, model_info(model_dir, janus_config, processor, preprocess, ids), tokenizer_json
+    return model, info, tokenizer_json
 
 
 def load_original(model_dir, dtype=None):
@@ -529,9 +533,16 @@ def load_original(model_dir, dtype=None):
 def _target_dtype(dtype, config: dict):
     import torch
 
-    if dtype is not None:
-        return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype))
-    stored = config.get("torch_dtype") or config["language_config"].get("torch_dtype") or "bfloat16"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in (None, "auto"):
+        found = getattr(torch, str(dtype), None)
+        if not isinstance(found, torch.dtype):
+            raise ConversionError(f"Unknown dtype {dtype!r}; use e.g. torch.float32 or 'bfloat16'.")
+        return found
+    language = config["language_config"]
+    stored = (config.get("torch_dtype") or config.get("dtype") or language.get("torch_dtype")
+              or language.get("dtype") or "bfloat16")
     found = getattr(torch, str(stored), None)
     if not isinstance(found, torch.dtype):
         raise ConversionError(f"config.json names an unknown torch_dtype {stored!r}.")

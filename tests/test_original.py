@@ -361,6 +361,30 @@ def test_sharded_bin_checkpoint_loads(tmp_path):
     torch.testing.assert_close(model.lm_head.weight, state["language_model.lm_head.weight"], rtol=0, atol=0)
 
 
+def test_tokenizer_from_other_model_is_refused(tmp_path):
+    model_dir = copy_checkpoint(tmp_path)
+
+    def shrink_vocab(t):
+        for key in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
+            t[key] = t[key][:300].clone()
+
+    rewrite_safetensors(model_dir, shrink_vocab)
+    with pytest.raises(ConversionError, match="300-row embedding table"):
+        original.load_parts(model_dir)
+
+
+def test_private_language_config_keys_are_ignored(tmp_path):
+    model_dir = copy_checkpoint(tmp_path)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["language_config"]["_attn_implementation"] = "flash_attention_2"  # not available on CPU
+    (model_dir / "config.json").write_text(json.dumps(config))
+    model, _, _ = original.load_parts(model_dir, dtype="float32")
+    assert model.config.text_config._attn_implementation != "flash_attention_2"
+    assert model.lm_head.weight.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[353, 20, 30]])).logits).all()
+
+
 # --------------------------------------------------------------------------- (4) no pickled code
 
 class Exploit:
