@@ -108,7 +108,7 @@ def run(args) -> dict:
     started = time.time()
     model_dir = prepare_model(args)
     tag = "tiny" if args.quick else args.model
-    cache_root = HERE / "models" / "ov-cache"
+    cache_root = Path(args.cache_dir)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JANUS_OV_CACHE=str(cache_root / "default"), TOKENIZERS_PARALLELISM="false")
     stamp = datetime.now(timezone.utc)
@@ -178,6 +178,8 @@ def parse_args(argv=None):
     p.add_argument("--note", default="", help="a remark stored with the results (e.g. 'CPU shared, noisy')")
     p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per child task")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--cache-dir", default=str(HERE / "models" / "ov-cache"),
+                   help="where converted models and compiled blobs go (emptied per weight format)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:

@@ -1,0 +1,132 @@
+"""The benchmark harness: full-size model shapes, and a --quick run end to end on the tiny model.
+
+No timing assertions (speed belongs to the benchmark's own report); the quick run must produce
+the markdown and JSON reports with every measurement present, positive and consistent.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_full_size_shapes_match_janus_pro_1b():
+    """Built on the meta device: no memory, but the real parameter layout."""
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    from benchmarks.models import build_config, build_tokenizer
+    from janus_ov.tiny import SPECIAL_TOKENS
+
+    tok = build_tokenizer()
+    config = build_config("janus-pro-1b", {t: tok.token_to_id(t) for t in SPECIAL_TOKENS})
+    with torch.device("meta"):
+        model = JanusForConditionalGeneration(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["model.language_model.embed_tokens.weight"] == (102400, 2048)
+    assert shapes["lm_head.weight"] == (102400, 2048)
+    assert shapes["model.language_model.layers.23.mlp.gate_proj.weight"] == (5632, 2048)
+    assert "model.language_model.layers.24.mlp.gate_proj.weight" not in shapes
+    assert shapes["model.vision_model.encoder.layers.23.mlp.fc1.weight"] == (4096, 1024)
+    assert shapes["model.vqmodel.quantize.embedding.weight"] == (16384, 8)
+    assert shapes["model.generation_head.vision_head.weight"] == (16384, 2048)
+    assert shapes["model.aligner.hidden_layers.0.weight"] == (2048, 2048)
+    params = sum(v.numel() for v in model.state_dict().values())
+    assert 2.0e9 < params < 2.2e9  # Janus-Pro-1B has ~2.09 B parameters
+
+
+def test_tokenizer_covers_the_whole_vocabulary():
+    """Random weights emit any id: each must decode to text, and fillers must never be encoded."""
+    from benchmarks.models import VOCAB_SIZE, build_tokenizer
+
+    tok = build_tokenizer()
+    assert tok.get_vocab_size() == VOCAB_SIZE
+    for i in range(1000, VOCAB_SIZE - 14, 4999):  # fillers: plain ASCII words
+        assert re.fullmatch(r" w\d+", tok.decode([i])), i
+    assert all(tok.id_to_token(i) is not None for i in range(0, VOCAB_SIZE, 997))
+    assert max(tok.encode("Describe the image in detail, please.", add_special_tokens=False).ids) < 1000
+
+
+def test_bound_and_ratios_arithmetic():
+    from benchmarks import report
+
+    res = {"bandwidth": {"start": {"gbps_median": 20.0}, "end": {"gbps_median": 10.0}},
+           "openvino": {"int4": {"chat": {"decode_tok_s_median": 18.0, "bytes": {"text_token": 1e9}},
+                                 "image_1": {"image_s_median": 20.0, "steps_per_s_median": 30.0,
+                                             "bytes": {"image_step": 5e8}},
+                                 "image_4": {"image_s_median": 30.0}}},
+           "pytorch": {"fp32": {"chat": {"decode_tok_s_median": 3.0}}}}
+    s = report.summarize(res)
+    row = s["rows"]["openvino-int4"]
+    assert s["bandwidth_gbps"] == 20.0  # the better of start/end
+    assert row["decode_bound_tok_s"] == pytest.approx(20.0)
+    assert row["decode_of_bound"] == pytest.approx(0.9)
+    assert row["steps_bound_per_s"] == pytest.approx(40.0)
+    assert row["image1_bound_s"] == pytest.approx(576 / 40)
+    assert row["image4_over_1"] == pytest.approx(1.5)
+    assert s["ratios"]["int4_vs_pytorch_fp32"]["decode_speedup"] == pytest.approx(6.0)
+    met = {t["target"]: t["met"] for t in s["targets"]}
+    assert met["chat decode >= 18 tok/s"] and met["four images <= 1.5 x one"]
+    assert met["one image <= 25 s"] and met["VQ decode <= 1 s"] is None  # not measured -> unknown, not "met"
+
+
+def _walk(node, path=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}/{i}")
+    else:
+        yield path, node
+
+
+def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--model-dir", str(tiny_model_dir), "--out", str(out),
+           "--cache-dir", str(tmp_path / "cache"), "--note", "test run"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (json_path,) = out.glob("*.json")
+    (md_path,) = out.glob("*.md")
+    assert json_path.stem == md_path.stem and json_path.stem.endswith("-quick")
+    res = json.loads(json_path.read_text())
+
+    errors = [p for p, _ in _walk(res) if p.endswith("/error")]
+    assert not errors, [res_path for res_path in errors]
+    m = res["machine"]
+    assert m["cpu"] and m["logical_cpus"] >= 1 and m["ram_gib"] > 0 and m["versions"]["openvino"]
+    assert res["bandwidth"]["start"]["gbps_median"] > 0 and res["bandwidth"]["end"]["gbps_median"] > 0
+
+    ov = res["openvino"]["int4"]
+    assert ov["convert"]["convert_s"] > 0 and ov["convert"]["peak_rss_bytes"] > 0
+    assert set(ov["convert"]["bytes"]["parts"]) == {"vision", "text_embeddings", "language_model", "lm_head",
+                                                     "gen_embeddings", "gen_head", "vq_decoder"}
+    assert ov["warm_start"]["first"]["ready_s"] > 0 and ov["warm_start"]["runs"][0]["ready_s"] > 0
+    chat = ov["chat"]
+    assert chat["new_tokens_median"] == 16 and chat["forced_length_ok"]
+    assert 600 < chat["prompt_tokens_median"] < 700  # one image (576 tokens) + system prompt + question
+    assert chat["ttft_s_median"] > 0 and chat["decode_tok_s_median"] > 0
+    for n in (1, 4):
+        img = ov[f"image_{n}"]
+        assert img["num_images"] == n and img["image_s_median"] > 0 and img["steps_per_s_median"] > 0
+        assert img["vq_decode_s_median"] > 0 and img["peak_rss_bytes"] > 0
+    assert ov["vq_decode"]["vq_decode_s_median"] > 0
+
+    pt = res["pytorch"]["fp32"]["chat"]
+    assert pt["new_tokens"] == [16] and pt["ttft_s_median"] > 0 and pt["decode_tok_s_median"] > 0
+    assert pt["prompt_tokens"] == chat["prompt_tokens_median"]  # same prompt on both sides
+
+    rows = res["summary"]["rows"]
+    assert rows["openvino-int4"]["decode_bound_tok_s"] > 0 and rows["pytorch-fp32"]["decode_bound_tok_s"] > 0
+    assert res["summary"]["ratios"]["int4_vs_pytorch_fp32"]["decode_speedup"] > 0
+    assert res["total_s"] > 0
+
+    md = md_path.read_text()
+    for text in ("| engine |", "| openvino-int4 |", "| pytorch-fp32 |", "GB/s", "test run", m["cpu"], "Targets"):
+        assert text in md
