@@ -1,0 +1,558 @@
+"""Janus Studio: chat about images and generate images with DeepSeek Janus on OpenVINO.
+
+    python app.py                                   # Janus-Pro-1B, int4 weights, CPU
+    python app.py --model deepseek-ai/Janus-Pro-7B --weights int8 --port 7860
+    python app.py --tiny-demo                       # tiny random model, fully offline
+
+Every flag has an environment variable (see `python app.py --help`), so the same file runs
+unchanged as a Hugging Face Space. This file is UI wiring only: loading, converting and
+running the model all live in janus_ov/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import gradio as gr
+
+from janus_ov.errors import JanusError
+from janus_ov.parts import WEIGHT_FORMATS
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+MODELS = ("deepseek-ai/Janus-Pro-1B", "deepseek-ai/Janus-Pro-7B", "deepseek-ai/Janus-1.3B",
+          "deepseek-community/Janus-Pro-1B", "deepseek-community/Janus-Pro-7B")
+MAX_SEED = 2**31 - 1
+CHAT_CONCURRENCY = 2  # chats are light: two can share the CPU
+IMAGE_CONCURRENCY = 1  # an image run already keeps every core busy
+UPSCALE_CHOICES = [("384 px (native)", 384), ("768 px", 768), ("1024 px", 1024)]
+
+CHAT_EXAMPLES = [
+    {"text": "Describe this picture in detail.", "files": [str(ASSETS / "landscape.png")]},
+    {"text": "How many shapes are there, and what colour is each one?", "files": [str(ASSETS / "shapes.png")]},
+    {"text": "In which month were the most apples sold?", "files": [str(ASSETS / "chart.png")]},
+    {"text": "What does the sign say?", "files": [str(ASSETS / "sign.jpg")]},
+    {"text": "What do these two images have in common?",
+     "files": [str(ASSETS / "shapes.png"), str(ASSETS / "chart.png")]},
+]
+PROMPT_EXAMPLES = [
+    "A cozy wooden cabin in a snowy forest at dusk, warm light in the windows, highly detailed",
+    "A red fox sitting in a field of sunflowers, watercolor painting",
+    "An astronaut riding a horse on the moon, digital art",
+    "A bowl of ramen with a soft-boiled egg, studio photo, 4k",
+    "Isometric pixel art of a tiny island with a lighthouse",
+]
+TINY_NOTICE = ("**Tiny demo.** This is a tiny model with *random weights*, built offline for testing: "
+               "its answers and images are noise, not real model output. "
+               "Run with `--model deepseek-ai/Janus-Pro-1B` for the real thing.")
+CSS = "#footer {font-size: 0.85em; opacity: 0.8} #notice {border-left: 4px solid #f59e0b; padding-left: 8px}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line and environment
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(description="Janus Studio: multimodal chat and text-to-image on OpenVINO.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=env("JANUS_MODEL", MODELS[0]), metavar="ID|PATH",
+                   help="Hub id (optionally id@revision) or local directory; supported: " + ", ".join(MODELS)
+                   + " [env JANUS_MODEL]")
+    p.add_argument("--weights", default=env("JANUS_WEIGHTS", "int4"),
+                   help="weight format: " + "|".join(WEIGHT_FORMATS) + " [env JANUS_WEIGHTS]")
+    p.add_argument("--device", default=env("JANUS_DEVICE", "CPU"), help="OpenVINO device [env JANUS_DEVICE]")
+    p.add_argument("--cache-dir", default=env("JANUS_OV_CACHE"),
+                   help="where converted models are kept (default: janus_ov's cache) [env JANUS_OV_CACHE]")
+    p.add_argument("--server-name", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on; 0.0.0.0 for all interfaces [env GRADIO_SERVER_NAME]")
+    p.add_argument("--port", default=env("GRADIO_SERVER_PORT") or env("PORT") or "7860",
+                   help="port [env GRADIO_SERVER_PORT or PORT]")
+    p.add_argument("--share", action="store_true", default=_env_flag("JANUS_SHARE"),
+                   help="also serve through a public gradio.live link [env JANUS_SHARE=1]")
+    p.add_argument("--auth", default=env("JANUS_AUTH"), metavar="USER:PASSWORD",
+                   help="require this login [env JANUS_AUTH]")
+    p.add_argument("--max-images", default=env("JANUS_MAX_IMAGES", "4"),
+                   help="most images one text-to-image run may make [env JANUS_MAX_IMAGES]")
+    p.add_argument("--max-file-size", default=env("JANUS_MAX_FILE_SIZE", "20mb"),
+                   help="largest upload accepted [env JANUS_MAX_FILE_SIZE]")
+    p.add_argument("--queue-size", default=env("JANUS_QUEUE_SIZE", "20"),
+                   help="most requests waiting in the queue [env JANUS_QUEUE_SIZE]")
+    p.add_argument("--tiny-demo", action="store_true", default=_env_flag("JANUS_TINY_DEMO"),
+                   help="serve a tiny random-weight model built offline (outputs are noise) [env JANUS_TINY_DEMO=1]")
+    args = p.parse_args(argv)
+
+    # Defaults from the environment bypass argparse's own checks, so check every value here.
+    if args.weights not in WEIGHT_FORMATS:
+        p.error(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, not {args.weights!r}")
+    for name, low in (("port", 1), ("max_images", 1), ("queue_size", 1)):
+        try:
+            setattr(args, name, int(getattr(args, name)))
+            assert getattr(args, name) >= low
+        except (ValueError, AssertionError):
+            p.error(f"--{name.replace('_', '-')} must be a whole number >= {low}, not {getattr(args, name)!r}")
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not (user and sep and password):
+            p.error("--auth / JANUS_AUTH must look like USER:PASSWORD")
+        args.auth = (user, password)
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Model loading (before serving, so the first request never waits for a conversion)
+
+
+def tiny_checkpoint(cache_dir: str | None) -> Path:
+    """Build the tiny random checkpoint once into the cache; later launches reuse it."""
+    from janus_ov.cache import default_cache_dir
+    from janus_ov.tiny import build_tiny_model
+
+    root = Path(cache_dir or default_cache_dir())
+    target = root / "tiny-demo-checkpoint"
+    if not (target / "config.json").exists():
+        print(f"Building the tiny random-weight demo model in {target} ...", flush=True)
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-demo-", dir=root))
+        try:  # build aside, then rename: a killed build never looks finished
+            build_tiny_model(staging)
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():  # not just another process finishing first
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_pipeline(args):
+    from janus_ov.pipeline import JanusPipeline
+
+    model = str(tiny_checkpoint(args.cache_dir)) if args.tiny_demo else args.model
+    print(f"Loading {model} (weights {args.weights}, device {args.device}) ...", flush=True)
+    return JanusPipeline.from_pretrained(model, weights=args.weights, device=args.device, cache_dir=args.cache_dir,
+                                         progress=lambda message: print(message, flush=True),
+                                         max_concurrency=CHAT_CONCURRENCY + IMAGE_CONCURRENCY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers between Gradio values and janus_ov
+
+
+def _whole(value, name: str):
+    """Gradio hands numbers over as floats; janus_ov wants ints for counts and seeds.
+    Ranges are janus_ov's to check (one place, one message)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+
+
+@contextmanager
+def readable_errors():
+    """janus_ov's errors are written for users: show them as they are, keep the server going."""
+    try:
+        yield
+    except JanusError as e:
+        raise gr.Error(str(e)) from None
+
+
+def _parts(message: dict) -> tuple[str, list[str]]:
+    """(text, image paths) of one Chatbot message in Gradio's normalized form."""
+    content = message["content"]
+    texts, images = [], []
+    for part in content if isinstance(content, list) else [content]:
+        if isinstance(part, str):
+            texts.append(part)
+        elif part.get("type") == "text":
+            texts.append(part["text"])
+        elif part.get("type") == "file":
+            images.append(part["file"]["path"])
+        elif "path" in part:
+            images.append(part["path"])
+    return "\n".join(t for t in texts if t), images
+
+
+def to_janus_messages(history: list[dict]) -> list[dict]:
+    """Chatbot history -> janus_ov messages; consecutive messages of one role become one turn."""
+    messages = []
+    for message in history:
+        if message["role"] not in ("user", "assistant"):
+            continue
+        text, images = _parts(message)
+        if messages and messages[-1]["role"] == message["role"]:
+            messages[-1]["content"] = "\n".join(t for t in (messages[-1]["content"], text) if t)
+            messages[-1]["images"] += images
+        else:
+            messages.append({"role": message["role"], "content": text, "images": images})
+    return messages
+
+
+def _split_last_user_turn(history: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(history before the last user turn, that turn and any answer after it)."""
+    i = len(history)
+    while i > 0 and history[i - 1]["role"] == "assistant":
+        i -= 1
+    while i > 0 and history[i - 1]["role"] == "user":
+        i -= 1
+    return history[:i], history[i:]
+
+
+def upscale(images, size: int):
+    from PIL import Image
+
+    if size == images[0].width:
+        return images
+    return [im.resize((size, size), Image.Resampling.LANCZOS) for im in images]
+
+
+def _format_stats(stats: dict) -> str:
+    """One line from pipeline.last_stats."""
+    if stats.get("task") == "chat" and stats.get("new_tokens"):
+        return (f"{stats['new_tokens']} tokens at {stats.get('decode_tokens_per_s', 0):.1f} tokens/s, "
+                f"first token after {stats.get('time_to_first_token_s', 0):.2f} s")
+    if stats.get("task") == "image" and stats.get("total_s"):
+        n = stats.get("num_images", 1)
+        return (f"{n} image{'s' * (n > 1)}, {stats['total_s'] / n:.1f} s/image "
+                f"({stats.get('steps_per_s', 0):.1f} steps/s)")
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Event handlers
+
+
+class Studio:
+    """The handlers behind the UI and the API; holds the pipeline and per-session stop flags."""
+
+    def __init__(self, pipe, args):
+        self.pipe, self.args = pipe, args
+        self.stops: dict[str, threading.Event] = {}  # session -> flag the Stop button sets
+        self.speed = {"chat": "", "image": ""}  # last run of each kind, for the footer
+
+    # -- stopping: a fresh flag per run, armed before the run is queued so a Stop pressed
+    #    while it waits in the queue still counts.
+    def arm(self, request: gr.Request):
+        self.stops[request.session_hash] = threading.Event()
+
+    def stop(self, request: gr.Request):
+        if flag := self.stops.get(request.session_hash):
+            flag.set()
+
+    def _flag(self, request: gr.Request | None) -> threading.Event:
+        session = request.session_hash if request is not None else None
+        return self.stops.get(session) or threading.Event()
+
+    def footer(self) -> str:
+        a = self.args
+        model = "tiny random demo model" if a.tiny_demo else a.model
+        line = f"Model **{model}** · weights **{a.weights}** · device **{a.device}**"
+        if self.speed["chat"]:
+            line += f" · last chat: {self.speed['chat']}"
+        if self.speed["image"]:
+            line += f" · last images: {self.speed['image']}"
+        return line
+
+    def _record(self, task: str):
+        stats = dict(self.pipe.last_stats)
+        if stats.get("task") == task:  # not a run of the other kind that ended meanwhile
+            self.speed[task] = _format_stats(stats)
+
+    # -- chat
+    def _answer(self, messages, temperature, top_p, max_new_tokens, seed, stop):
+        """Stream the growing answer text."""
+        answer, done = "", False
+        with readable_errors():
+            stream = self.pipe.chat_stream(messages, max_new_tokens=_whole(max_new_tokens, "max_new_tokens"),
+                                           temperature=temperature, top_p=top_p, seed=_whole(seed, "seed"),
+                                           stop_event=stop)  # checks every input before it starts
+            try:
+                for piece in stream:
+                    answer += piece
+                    yield answer
+                done = True
+            finally:
+                if not done:  # the client went away or cancelled: stop the model too
+                    stop.set()
+                    stream.close()
+        self._record("chat")
+
+    def add_user_turn(self, message: dict, history: list, request: gr.Request):
+        from janus_ov.images import load_image
+
+        text = (message or {}).get("text", "").strip()
+        files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
+        if not text:
+            raise gr.Error("Type a question or instruction (images alone are not a message).")
+        for path in files:  # reject a broken upload now, before it enters the history
+            try:
+                load_image(path)
+            except JanusError as e:  # name the upload as the user knows it, not by its server path
+                raise gr.Error(str(e).replace(path, Path(path).name)) from None
+        self.arm(request)
+        turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
+        return history + [turn], gr.MultimodalTextbox(value=None, interactive=False)
+
+    def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, request: gr.Request):
+        stop = self._flag(request)
+        if stop.is_set() or not history:  # stopped while still queued
+            return
+        messages = to_janus_messages(history)
+        history = history + [{"role": "assistant", "content": ""}]
+        for answer in self._answer(messages, temperature, top_p, max_new_tokens, seed, stop):
+            history[-1]["content"] = answer
+            yield history, gr.skip()
+        yield history, self.footer()
+
+    def retry(self, history: list, request: gr.Request):
+        before, turn = _split_last_user_turn(history)
+        self.arm(request)
+        return before + [m for m in turn if m["role"] == "user"], gr.MultimodalTextbox(interactive=False)
+
+    def undo(self, history: list):
+        before, turn = _split_last_user_turn(history)
+        texts, files = [], []
+        for message in turn:
+            if message["role"] == "user":
+                text, images = _parts(message)
+                texts.append(text)
+                files += images
+        return before, {"text": "\n".join(t for t in texts if t), "files": files}
+
+    def chat_api(self, message: str, images: list | None = None, history: list | None = None,
+                 temperature: float = 0.0, top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 42):
+        """Answer `message` about `images` (optional) after earlier text turns in `history`
+        ([{"role": "user"|"assistant", "content": str}, ...]); streams the growing answer."""
+        history = history or []
+        if not isinstance(history, list) or not all(
+                isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+                for m in history):
+            raise gr.Error('history must be a list of {"role": "user"|"assistant", "content": "..."}.')
+        if not (message or "").strip():
+            raise gr.Error("message is empty: type a question or instruction.")
+        paths = list(images or [])  # gr.File hands over local file paths
+        messages = [{"role": m["role"], "content": m["content"], "images": []} for m in history]
+        messages.append({"role": "user", "content": message.strip(), "images": paths})
+        yield from self._answer(messages, temperature, top_p, max_new_tokens, seed, threading.Event())
+
+    # -- text to image
+    def _images(self, prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop, progress):
+        """Yield previews while the pipeline works (it runs in a thread and calls back),
+        then the finished list of images."""
+        num_images = _whole(num_images, "num_images")
+        if not 1 <= num_images <= self.args.max_images:  # this server's limit, stricter than janus_ov's
+            raise gr.Error(f"num_images must be between 1 and {self.args.max_images}, got {num_images}.")
+        sizes = [s for _, s in UPSCALE_CHOICES]
+        if size not in sizes:
+            raise gr.Error(f"size must be one of {sizes}, got {size!r}.")
+        events, result = queue.Queue(), {}
+
+        def work():
+            try:
+                result["images"] = self.pipe.generate_images(
+                    prompt, negative_prompt=negative_prompt or None, num_images=num_images, cfg_weight=cfg_weight,
+                    temperature=temperature, seed=seed, stop_event=stop,
+                    callback=lambda step, total, preview: events.put((step, total, preview)))
+            except BaseException as e:  # handed to the request's thread, which reports it
+                result["error"] = e
+            finally:
+                events.put(None)
+
+        done = False
+        progress(0, desc="Starting")
+        threading.Thread(target=work, daemon=True, name="janus-images").start()
+        try:
+            while (event := events.get()) is not None:
+                step, total, preview = event
+                progress((step, total), desc="Generating image tokens", unit="tokens")
+                if preview is not None:
+                    yield preview
+            done = True
+        finally:
+            if not done:
+                stop.set()
+        if "error" in result:
+            with readable_errors():
+                raise result["error"]
+        images = result["images"]
+        self._record("image")
+        yield upscale(images, size) if images else []
+
+    def generate_ui(self, prompt, negative_prompt, seed, randomize_seed, cfg_weight, temperature, num_images, size,
+                    request: gr.Request, progress=gr.Progress()):
+        seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
+        stop = self._flag(request)
+        if stop.is_set():
+            return
+        for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop,
+                                progress):
+            if isinstance(out, list):
+                yield gr.skip(), out, seed, self.footer()
+            else:
+                yield out, gr.skip(), seed, gr.skip()
+
+    def generate_api(self, prompt: str, negative_prompt: str | None = None, seed: int = 0, randomize_seed: bool = True,
+                     cfg_weight: float = 5.0, temperature: float = 1.0, num_images: int = 2, size: int = 384,
+                     progress=gr.Progress()):
+        """Generate `num_images` images for `prompt`; returns (gallery, seed used)."""
+        seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
+        images = []
+        for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size,
+                                threading.Event(), progress):
+            if isinstance(out, list):
+                images = out
+        return images, seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def build_ui(studio: Studio) -> gr.Blocks:
+    args = studio.args
+    name = "tiny random demo model" if args.tiny_demo else args.model
+    with gr.Blocks(title="Janus Studio (OpenVINO)", fill_width=True) as demo:
+        gr.Markdown(f"# Janus Studio · OpenVINO\nChat about images and create images with **{name}**, "
+                    "running on your CPU with OpenVINO.")
+        if args.tiny_demo:
+            gr.Markdown(TINY_NOTICE, elem_id="notice")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                chat = chat_tab(studio)
+            with gr.Tab("Text to image", id="images"):
+                images = images_tab(studio)
+        footer = gr.Markdown(studio.footer(), elem_id="footer")
+        wire_chat(studio, chat, footer)
+        wire_images(studio, images, footer)
+        demo.load(studio.footer, None, footer, api_visibility="private", queue=False)
+    return demo
+
+
+def chat_tab(studio: Studio) -> dict:
+    c = {}
+    c["chatbot"] = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy", "copy_all"],
+                              placeholder="Attach one or more images (📎) and ask about them, or just chat.")
+    c["message"] = gr.MultimodalTextbox(placeholder="Ask about the attached images…", file_count="multiple",
+                                        file_types=["image"], show_label=False, autofocus=True,
+                                        elem_id="chat-input", sources=["upload"])
+    with gr.Row():
+        c["stop"] = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=120, elem_id="chat-stop")
+    with gr.Accordion("Parameters", open=False):
+        with gr.Row():
+            c["temperature"] = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            c["top_p"] = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            c["max_new_tokens"] = gr.Slider(1, 2048, value=512, step=1, label="Max new tokens",
+                                            elem_id="chat-max-new-tokens")
+            c["seed"] = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+    gr.Examples([[e] for e in CHAT_EXAMPLES], inputs=[c["message"]], label="Examples")
+    # API-only inputs/outputs: plain types for gradio_client (see README).
+    with gr.Group(visible=False):
+        c["api_message"] = gr.Textbox(label="message")
+        c["api_images"] = gr.File(label="images", file_count="multiple", file_types=["image"])
+        c["api_history"] = gr.JSON(label="history")
+        c["api_answer"] = gr.Textbox(label="answer")
+        c["api_trigger"] = gr.Button("chat")
+    return c
+
+
+def wire_chat(studio: Studio, c: dict, footer):
+    params = [c["temperature"], c["top_p"], c["max_new_tokens"], c["seed"]]
+    private = {"api_visibility": "private"}
+
+    def answer(event):
+        bot = event.success(studio.bot_turn, [c["chatbot"]] + params, [c["chatbot"], footer],
+                            concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", **private)
+        bot.then(lambda: gr.MultimodalTextbox(interactive=True), None, c["message"], queue=False, **private)
+        return bot
+
+    answer(c["message"].submit(studio.add_user_turn, [c["message"], c["chatbot"]], [c["chatbot"], c["message"]],
+                               queue=False, **private))
+    answer(c["chatbot"].retry(studio.retry, c["chatbot"], [c["chatbot"], c["message"]], queue=False, **private))
+    c["chatbot"].undo(studio.undo, c["chatbot"], [c["chatbot"], c["message"]], queue=False, **private)
+    c["chatbot"].clear(lambda: [], None, c["chatbot"], queue=False, **private)
+    c["stop"].click(studio.stop, None, None, queue=False, **private)
+    c["api_trigger"].click(studio.chat_api, [c["api_message"], c["api_images"], c["api_history"]] + params,
+                           c["api_answer"], api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
+                           concurrency_id="chat")
+
+
+def images_tab(studio: Studio) -> dict:
+    g = {}
+    max_images = studio.args.max_images
+    with gr.Row():
+        with gr.Column(scale=2):
+            g["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt",
+                                     placeholder="Describe the image you want…")
+            g["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1,
+                                              placeholder="What to avoid (optional)")
+            with gr.Row():
+                g["generate"] = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
+                g["stop"] = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
+            with gr.Accordion("Parameters", open=True):
+                with gr.Row():
+                    g["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                    g["randomize_seed"] = gr.Checkbox(value=True, label="Randomize seed")
+                g["cfg_weight"] = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG weight")
+                g["temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+                g["num_images"] = gr.Slider(1, max_images, value=min(2, max_images), step=1,
+                                            label="Number of images")
+                g["size"] = gr.Radio(UPSCALE_CHOICES, value=384, label="Output size (LANCZOS upscale)")
+            gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[g["prompt"]], label="Prompt examples")
+        with gr.Column(scale=3):
+            g["preview"] = gr.Image(label="Preview (forming image)", type="pil", height=256, interactive=False,
+                                    elem_id="t2i-preview", buttons=[])
+            g["gallery"] = gr.Gallery(label="Results", columns=2, format="png", elem_id="t2i-gallery",
+                                      buttons=["download", "download_all", "fullscreen"], interactive=False)
+    g["api_trigger"] = gr.Button("generate_images", visible=False)
+    return g
+
+
+def wire_images(studio: Studio, g: dict, footer):
+    inputs = [g["prompt"], g["negative_prompt"], g["seed"], g["randomize_seed"], g["cfg_weight"], g["temperature"],
+              g["num_images"], g["size"]]
+    start = gr.on([g["generate"].click, g["prompt"].submit], studio.arm, None, None, queue=False,
+                  api_visibility="private")
+    start.success(studio.generate_ui, inputs, [g["preview"], g["gallery"], g["seed"], footer],
+                  concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images", api_visibility="private")
+    g["stop"].click(studio.stop, None, None, queue=False, api_visibility="private")
+    g["api_trigger"].click(studio.generate_api, inputs, [g["gallery"], g["seed"]], api_name="generate_images",
+                           concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        pipe = load_pipeline(args)
+    except JanusError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    demo = build_ui(Studio(pipe, args))
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    started = time.strftime("%H:%M:%S")
+    print(f"[{started}] Model ready; starting the web server.", flush=True)
+    demo.launch(server_name=args.server_name, server_port=args.port, share=args.share, auth=args.auth,
+                max_file_size=args.max_file_size, show_error=True, css=CSS, theme=gr.themes.Soft())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

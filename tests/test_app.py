@@ -1,0 +1,307 @@
+"""The Gradio app end to end: `python app.py --tiny-demo` in a subprocess, driven with gradio_client.
+
+One server per module (the first launch builds and converts the tiny model). Answers and images
+are checked against janus_ov called directly with the same request, so the app is shown to pass
+every parameter through, not just to return something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "assets"
+MAX_IMAGES = 3
+STARTUP_TIMEOUT_S = 900  # the first launch converts the tiny model; slow on a busy machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(cache_dir: Path, log_path: Path, *extra: str):
+    """Launch app.py in tiny-demo mode; return (process, url) once it answers HTTP."""
+    port = free_port()
+    cmd = [sys.executable, str(REPO / "app.py"), "--tiny-demo", "--cache-dir", str(cache_dir), "--port", str(port),
+           "--server-name", "127.0.0.1", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    for name in ("JANUS_AUTH", "JANUS_SHARE", "JANUS_MODEL", "JANUS_WEIGHTS"):  # the flags decide, not the caller's env
+        env.pop(name, None)
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.close()
+            pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(1)
+    stop_app(proc)
+    pytest.fail(f"app.py did not serve within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_app(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def shared_cache(tmp_path_factory) -> Path:
+    """One cache per test session for every module that launches the app: only the first
+    launch builds and converts the tiny model, later ones load it."""
+    path = tmp_path_factory.getbasetemp() / "app-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_cache(tmp_path_factory) -> Path:
+    return shared_cache(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(app_cache, artifacts_dir):
+    proc, url = start_app(app_cache, artifacts_dir / "test_app.server.log", "--max-images", str(MAX_IMAGES),
+                          "--max-file-size", "2mb")
+    yield url
+    stop_app(proc)
+    assert proc.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def direct(app_cache, server):
+    """The same converted tiny model the server uses, loaded in this process (no conversion: cached)."""
+    from janus_ov.pipeline import JanusPipeline
+
+    return JanusPipeline.from_pretrained(str(app_cache / "tiny-demo-checkpoint"), weights="int4",
+                                         cache_dir=app_cache, progress=None)
+
+
+def chat(client, message, images=(), history=(), **params):
+    params = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 24, "seed": 0, **params}
+    return client.submit(message=message, images=[handle_file(str(p)) for p in images], history=list(history),
+                         **params, api_name="/chat")
+
+
+def generate(client, prompt="a red fox in the snow", **params):
+    params = {"negative_prompt": "", "seed": 1, "randomize_seed": False, "cfg_weight": 5.0, "temperature": 1.0,
+              "num_images": 1, "size": 384, **params}
+    return client.predict(prompt=prompt, **params, api_name="/generate_images")
+
+
+class ServerError(Exception):
+    """The error event of a raw REST call: the message the server sent."""
+
+
+def rest(client, api_name: str, body: str):
+    """Call an endpoint over Gradio's REST API with a hand-written JSON body. gradio_client (httpx)
+    refuses to send NaN / Infinity, but any other client can: the server must cope."""
+    url = f"{client.src.rstrip('/')}/gradio_api/call/{api_name}"
+    post = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(post, timeout=60) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{url}/{event_id}", timeout=600) as response:
+        stream = response.read().decode()
+    events = [block.split("\n") for block in stream.strip().split("\n\n")]
+    kind, data = events[-1][0].removeprefix("event: "), events[-1][1].removeprefix("data: ")
+    if kind == "error":
+        raise ServerError(json.loads(data)["error"] if data.startswith("{") else data)
+    return json.loads(data)
+
+
+# ------------------------------------------------------------------------------------------ chat
+
+
+def test_chat_streams_partial_updates_then_the_final_text(client, direct):
+    job = chat(client, "Describe the image in detail.", [ASSETS / "shapes.png"], temperature=0.8, top_p=0.9, seed=7,
+               max_new_tokens=32)
+    final = job.result(timeout=600)
+    updates = job.outputs()
+    assert len(updates) >= 2, f"expected a streamed answer, got {updates!r}"
+    assert updates[-1] == final and final
+    for shorter, longer in zip(updates, updates[1:]):
+        assert longer.startswith(shorter) and len(longer) > len(shorter)  # each update grows the answer
+
+    expected = direct.chat([{"role": "user", "content": "Describe the image in detail.",
+                             "images": [str(ASSETS / "shapes.png")]}],
+                           max_new_tokens=32, temperature=0.8, top_p=0.9, seed=7)
+    assert final == expected
+
+
+def test_chat_with_history_and_two_images(client, direct):
+    history = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi. How can I help?"}]
+    images = [ASSETS / "landscape.png", ASSETS / "sign.jpg"]
+    answer = chat(client, "Compare the two images.", images, history).result(timeout=600)
+    expected = direct.chat([{**m, "images": []} for m in history]
+                           + [{"role": "user", "content": "Compare the two images.", "images": [str(p) for p in images]}],
+                           max_new_tokens=24, temperature=0.0, top_p=1.0, seed=0)
+    assert answer == expected
+    # The history really reaches the model: without it the prompt, and so the greedy answer, differs.
+    alone = chat(client, "Compare the two images.", images).result(timeout=600)
+    assert alone == direct.chat([{"role": "user", "content": "Compare the two images.",
+                                  "images": [str(p) for p in images]}], max_new_tokens=24, temperature=0.0)
+
+
+# ------------------------------------------------------------------------------------ text to image
+
+
+def _open(item) -> Image.Image:
+    path = item["image"] if isinstance(item, dict) else item
+    path = path["path"] if isinstance(path, dict) else path
+    return Image.open(path)
+
+
+def test_generate_returns_requested_images_at_native_size(client, direct):
+    gallery, seed = generate(client, num_images=2, seed=11)
+    assert seed == 11
+    assert len(gallery) == 2
+    images = [_open(item) for item in gallery]
+    assert all(im.size == (384, 384) for im in images)
+    expected = direct.generate_images("a red fox in the snow", num_images=2, cfg_weight=5.0, temperature=1.0, seed=11)
+    for got, want in zip(images, expected):  # PNG is lossless: the very pixels janus_ov made
+        assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want.convert("RGB")))
+
+
+@pytest.mark.parametrize("size", [768, 1024])
+def test_generate_upscales(client, size):
+    gallery, _ = generate(client, num_images=1, size=size)
+    assert [_open(item).size for item in gallery] == [(size, size)]
+
+
+def test_randomized_seed_is_reported(client):
+    _, seed = generate(client, randomize_seed=True, seed=0)
+    assert isinstance(seed, (int, float)) and 0 <= seed < 2**31 and seed == int(seed)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def broken_image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bad") / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"definitely not the rest of a PNG file" * 10)
+    return path
+
+
+@pytest.fixture(scope="module")
+def huge_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1100, 1100, 3), np.uint8)).save(path)
+    assert path.stat().st_size > 2 * 1024 * 1024  # over the --max-file-size the server runs with
+    return path
+
+
+# (request, words the error must contain; "" where Gradio's own input check answers first)
+BAD_REQUESTS = {
+    "empty chat message": (lambda c, f: chat(c, "   ").result(timeout=120), "empty"),
+    "broken image": (lambda c, f: chat(c, "What is this?", [f["broken"]]).result(timeout=120), "image"),
+    "upload over the size limit": (lambda c, f: chat(c, "What is this?", [f["huge"]]).result(timeout=120), ""),
+    "chat history not a list of turns": (lambda c, f: chat(c, "Hi", history=[{"role": "x"}]).result(timeout=120),
+                                         "history"),
+    "temperature NaN": (lambda c, f: rest(c, "chat", '{"data": ["Hi", [], [], NaN, 1.0, 8, 0]}'), "temperature"),
+    "top_p zero": (lambda c, f: chat(c, "Hi", top_p=0.0).result(timeout=120), ""),
+    "top_p as text": (lambda c, f: chat(c, "Hi", top_p="lots").result(timeout=120), ""),
+    "max_new_tokens zero": (lambda c, f: chat(c, "Hi", max_new_tokens=0).result(timeout=120), ""),
+    "max_new_tokens not whole": (lambda c, f: chat(c, "Hi", max_new_tokens=2.5).result(timeout=120),
+                                 "max_new_tokens"),
+    "negative seed": (lambda c, f: chat(c, "Hi", seed=-5).result(timeout=120), ""),
+    "empty prompt": (lambda c, f: generate(c, prompt="  "), "prompt"),
+    "zero images": (lambda c, f: generate(c, num_images=0), ""),
+    "too many images": (lambda c, f: generate(c, num_images=MAX_IMAGES + 1), ""),
+    "cfg weight NaN": (lambda c, f: rest(c, "generate_images", '{"data": ["fox", "", 1, false, NaN, 1.0, 1, 384]}'),
+                       "cfg_weight"),
+    "temperature infinite": (lambda c, f: rest(c, "generate_images",
+                                               '{"data": ["fox", "", 1, false, 5, Infinity, 1, 384]}'), ""),
+    "unsupported upscale size": (lambda c, f: generate(c, size=500), ""),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_refused_and_the_server_keeps_working(client, case, broken_image, huge_file):
+    request, words = BAD_REQUESTS[case]
+    with pytest.raises(Exception) as caught:
+        request(client, {"broken": broken_image, "huge": huge_file})
+    message = str(caught.value)
+    assert message.strip(), "the error must say what is wrong"
+    if words:
+        assert isinstance(caught.value, (AppError, ServerError)), f"expected a gr.Error, got {caught.value!r}"
+        assert words.lower() in message.lower(), message
+    # The next good request still succeeds.
+    assert isinstance(chat(client, "Hello", max_new_tokens=4).result(timeout=300), str)
+
+
+# ------------------------------------------------------------------------------------------ launch
+
+
+def test_failed_load_ends_with_one_clear_message(tmp_path):
+    missing = tmp_path / "no-such-model"
+    run = subprocess.run([sys.executable, str(REPO / "app.py"), "--model", str(missing), "--cache-dir",
+                          str(tmp_path / "cache"), "--port", str(free_port())],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr + run.stdout
+    assert "error:" in run.stderr and "no-such-model" in run.stderr
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--weights", "int3"], {}, "--weights"),
+    ([], {"JANUS_WEIGHTS": "int3"}, "--weights"),
+    ([], {"JANUS_MAX_IMAGES": "zero"}, "--max-images"),
+    (["--auth", "nopassword"], {}, "USER:PASSWORD"),
+])
+def test_bad_settings_are_reported_before_loading(argv, env, words):
+    run = subprocess.run([sys.executable, str(REPO / "app.py"), *argv], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **env})
+    assert run.returncode == 2
+    assert words in run.stderr and "Traceback" not in run.stderr
+
+
+def test_environment_variables_match_flags(monkeypatch):
+    sys.path.insert(0, str(REPO))
+    import app
+
+    for name, value in {"JANUS_MODEL": "deepseek-ai/Janus-Pro-7B", "JANUS_WEIGHTS": "int8", "JANUS_DEVICE": "GPU",
+                        "JANUS_OV_CACHE": "/tmp/x", "GRADIO_SERVER_NAME": "0.0.0.0", "PORT": "8080",
+                        "JANUS_SHARE": "1", "JANUS_AUTH": "ann:s3:cret", "JANUS_MAX_IMAGES": "6",
+                        "JANUS_TINY_DEMO": "true"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    args = app.parse_args([])
+    assert (args.model, args.weights, args.device, args.cache_dir) == ("deepseek-ai/Janus-Pro-7B", "int8", "GPU",
+                                                                      "/tmp/x")
+    assert (args.server_name, args.port, args.share, args.auth) == ("0.0.0.0", 8080, True, ("ann", "s3:cret"))
+    assert (args.max_images, args.tiny_demo) == (6, True)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7000")  # Gradio's own variable wins over the generic PORT
+    assert app.parse_args([]).port == 7000
+    assert app.parse_args(["--port", "9000", "--weights", "fp16"]).port == 9000  # flags win over the environment
