@@ -32,7 +32,12 @@ SUB_CONFIGS = ("language_config", "vision_config", "aligner_config",
                "gen_vision_config", "gen_aligner_config", "gen_head_config")
 
 PAD_TOKEN, BOI_TOKEN, EOI_TOKEN = "<\uff5c\u2581pad\u2581\uff5c>", "<begin_of_image>", "<end_of_image>"
-VISION_HEAD_DIM = 64  # SigLIP-L/16, Janus's vision tower; head count is not visible in any tensor shape
+# The attention head count is not visible in any tensor shape. DeepSeek's siglip_vit.py names its
+# towers (width, heads); when the tensors have the named width we trust the name, otherwise (a
+# shrunk test model) we assume SigLIP-L/16's head size.
+SIGLIP_HEADS = {"siglip_large_patch16_384": (1024, 16), "siglip_so400m_patch14_384": (1152, 16),
+                "siglip_so400m_patch14_224": (1152, 16)}
+VISION_HEAD_DIM = 64
 
 
 # ----------------------------------------------------------------------------- detection
@@ -100,7 +105,11 @@ class WeightFiles:
 
                 with safe_open(str(path), framework="pt") as f:
                     for name in f.keys():
-                        yield name, f.get_tensor(name)
+                        try:
+                            tensor = f.get_tensor(name)
+                        except Exception as err:  # safetensors' own error types
+                            raise ConversionError(f"{path}: tensor {name!r} cannot be read ({err}).") from err
+                        yield name, tensor
             else:
                 state = _torch_load(path)
                 for name in list(state):
@@ -196,7 +205,7 @@ def build_config(config: dict, shapes: dict, token_ids: dict):
             raise ConversionError(f"{key} uses projector_type {kind!r}; transformers' Janus has only the "
                                   "GELU MLP projector (mlp_gelu).")
     text = _text_config(config["language_config"], shapes, token_ids)
-    vision = _vision_config(shapes, text.hidden_size)
+    vision = _vision_config(shapes, text.hidden_size, (config["vision_config"].get("params") or {}).get("model_name"))
     vq = _vq_config(shapes, text.hidden_size)
     return JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
                        image_token_id=token_ids["image"],
@@ -226,7 +235,7 @@ def _text_config(language: dict, shapes: dict, token_ids: dict):
     return LlamaConfig(**kwargs)
 
 
-def _vision_config(shapes: dict, text_hidden: int):
+def _vision_config(shapes: dict, text_hidden: int, model_name: str | None):
     from transformers import JanusVisionConfig
 
     tower = "vision_model.vision_tower."
@@ -235,13 +244,16 @@ def _vision_config(shapes: dict, text_hidden: int):
     side = math.isqrt(positions)
     mlp = _shape(shapes, tower + "blocks.0.mlp.fc1.weight")[0]
     projection = _shape(shapes, "aligner.layers.0.weight")[0]
-    if side * side != positions or width % VISION_HEAD_DIM:
+    named_width, heads = SIGLIP_HEADS.get(model_name, (None, None))
+    if named_width != width:
+        heads = width // VISION_HEAD_DIM
+    if side * side != positions or not heads or width % heads:
         raise ConversionError(f"Vision tower of width {width} with {positions} positions is not a SigLIP "
                               "ViT of the kind Janus uses.")
     if projection != text_hidden:
         raise ConversionError(f"The aligner projects to {projection}, but the language model is {text_hidden} wide.")
     return JanusVisionConfig(hidden_size=width, num_hidden_layers=_count(shapes, tower + "blocks."),
-                             num_attention_heads=width // VISION_HEAD_DIM, num_channels=channels,
+                             num_attention_heads=heads, num_channels=channels,
                              image_size=side * patch, patch_size=patch, mlp_ratio=mlp / width,
                              projection_dim=projection, depth=_mlp_depth(shapes, "aligner.layers."),
                              num_image_tokens=positions)

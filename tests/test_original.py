@@ -385,6 +385,15 @@ def test_private_language_config_keys_are_ignored(tmp_path):
         assert torch.isfinite(model(input_ids=torch.tensor([[353, 20, 30]])).logits).all()
 
 
+@pytest.mark.parametrize("src, file", [(TINY_ST, "model.safetensors"), (TINY_BIN, "pytorch_model.bin")])
+def test_truncated_weight_file_is_reported(tmp_path, src, file):
+    model_dir = copy_checkpoint(tmp_path, src)
+    data = (model_dir / file).read_bytes()
+    (model_dir / file).write_bytes(data[: len(data) // 2])  # an interrupted download
+    with pytest.raises(ConversionError, match=file.replace(".", r"\.")):
+        original.load_parts(model_dir)
+
+
 # --------------------------------------------------------------------------- (4) no pickled code
 
 class Exploit:
