@@ -218,7 +218,7 @@ def _text_config(language: dict, shapes: dict, token_ids: dict):
     vocab, hidden = _shape(shapes, "language_model.model.embed_tokens.weight")
     layers = _count(shapes, "language_model.model.layers.")
     intermediate = _shape(shapes, "language_model.model.layers.0.mlp.gate_proj.weight")[0]
-    heads = int(language.get("num_attention_heads", 0))
+    heads = int(language.get("num_attention_heads", 32))  # DeepSeek's LlamaConfig(**language_config) default
     head_dim = int(language.get("head_dim") or (hidden // heads if heads else 0))
     q_rows = _shape(shapes, "language_model.model.layers.0.self_attn.q_proj.weight")[0]
     kv_rows = _shape(shapes, "language_model.model.layers.0.self_attn.k_proj.weight")[0]
@@ -297,12 +297,14 @@ def _aligner(prefix: str, target: str):
     return (prefix + r"\.layers\.(\d+)\.(weight|bias)", rename)
 
 
+_VQ_MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}  # DeepSeek's mid is a ModuleList
+
+
 def _vq_rename(m):
     part, rest = m[1], m[2]  # encoder|decoder, the rest of the name
     rest = re.sub(r"^conv_blocks\.", "down." if part == "encoder" else "up.", rest)
     rest = re.sub(r"\.res\.", ".block.", rest)
-    rest = re.sub(r"^mid\.(\d)\.", lambda mm: ("mid.block_1.", "mid.attn_1.", "mid.block_2.")[int(mm[1])]
-                  if int(mm[1]) < 3 else mm[0], rest)
+    rest = re.sub(r"^mid\.([012])\.", lambda mid: f"mid.{_VQ_MID[mid[1]]}.", rest)
     return f"model.vqmodel.{part}.{rest}"
 
 
