@@ -120,7 +120,50 @@ def vq_decode(ir_dir, runs: int = 3, num_images: int = 1) -> dict:
             "vq_decode_s_median": statistics.median(times[1:])}
 
 
-TASKS = {"convert": convert, "warm_start": warm_start, "chat": chat, "image": image, "vq_decode": vq_decode}
+def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS) -> dict:
+    """Where the time goes: seconds per IR part for one chat reply and one image.
+
+    Wraps the runtime's infer calls with a timer (not part of the measured runs above);
+    "other" is everything between OpenVINO calls (sampling, tokenizer, Python).
+    """
+    from collections import defaultdict
+
+    from janus_ov import runtime
+
+    acc = defaultdict(lambda: [0.0, 0])
+
+    def timed(fn, part_of):
+        def wrapper(self, part, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(self, part, *args, **kwargs)
+            finally:
+                acc[part_of(part)][0] += time.perf_counter() - t0
+                acc[part_of(part)][1] += 1
+        return wrapper
+
+    runtime.Context._run = timed(runtime.Context._run, lambda part: part)
+    runtime.Runtime.run_shared = timed(runtime.Runtime.run_shared, lambda part: part)
+    pipe = _pipeline(model_dir, weights, cache_dir)
+    messages = [{"role": "user", "content": make_question(model_dir), "images": [make_image()]}]
+    pipe.chat(messages, max_new_tokens=8)  # warm-up, not counted
+    out = {}
+    for task in ("chat", "image"):
+        acc.clear()
+        t0 = time.perf_counter()
+        if task == "chat":
+            pipe.chat(messages, max_new_tokens=new_tokens)
+        else:
+            pipe.generate_images(IMAGE_PROMPT, num_images=1, seed=0)
+        total = time.perf_counter() - t0
+        parts = {k: {"s": v[0], "calls": v[1], "ms_per_call": 1000 * v[0] / v[1]} for k, v in acc.items()}
+        out[task] = {"total_s": total, "parts": parts, "other_s": total - sum(v[0] for v in acc.values()),
+                     "stats": dict(pipe.last_stats)}
+    return out
+
+
+TASKS = {"convert": convert, "warm_start": warm_start, "chat": chat, "image": image, "vq_decode": vq_decode,
+         "profile": profile}
 
 
 def run_task(task: str, **kwargs) -> dict:

@@ -267,11 +267,27 @@ def markdown(res: dict) -> str:
                          f" GiB, 1 image {_f(r.get('peak_rss_image1_gib'), '{:.2f}')} GiB; weights per text token "
                          f"{_mib(r.get('text_token_bytes'))}, per image step {_mib(r.get('image_step_bytes'))}")
     errors = _errors(res)
-    lines += ["", "Details:", ""] + extra
+    lines += ["", "Details:", ""] + extra + _profile_lines(res)
     if errors:
         lines += ["", "Failed measurements (see the logs):", ""] + [f"- {e}" for e in errors]
     lines += ["", f"Full run took {res.get('total_s', 0) / 60:.1f} min.", ""]
     return "\n".join(lines)
+
+
+def _profile_lines(res) -> list:
+    """Where the time goes: per IR part, total seconds and ms per call, for one chat and one image."""
+    lines = []
+    for weights, ov in res.get("openvino", {}).items():
+        prof = ov.get("profile") or {}
+        for task in ("chat", "image"):
+            p = prof.get(task)
+            if not p:
+                continue
+            parts = sorted(p["parts"].items(), key=lambda kv: -kv[1]["s"])
+            text = "; ".join(f"{k} {v['s']:.2f} s ({v['calls']}× {v['ms_per_call']:.1f} ms)" for k, v in parts)
+            lines.append(f"- profile openvino-{weights} {task} ({p['total_s']:.1f} s): {text}; "
+                         f"outside OpenVINO {p['other_s']:.2f} s")
+    return lines
 
 
 def _mib(n):

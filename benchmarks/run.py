@@ -141,6 +141,8 @@ def run(args) -> dict:
         for n in args.images:
             ov[f"image_{n}"] = run_(f"ov-{weights}-image{n}", "ov", "image", runs=args.runs, num_images=n, **common)
         ov["vq_decode"] = run_(f"ov-{weights}-vq", "ov", "vq_decode", ir_dir=ov["convert"]["ir_dir"], runs=args.runs)
+        if args.profile:
+            ov["profile"] = run_(f"ov-{weights}-profile", "ov", "profile", new_tokens=args.new_tokens, **common)
 
     for dtype in args.pytorch:
         pt = res["pytorch"][dtype] = {}
@@ -175,6 +177,8 @@ def parse_args(argv=None):
     p.add_argument("--images", default="1,4", help="OpenVINO batch sizes for text to image")
     p.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3; --quick 1)")
     p.add_argument("--new-tokens", type=int, default=None, help="forced reply length (default 128; --quick 16)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the per-part time breakdown (one extra chat + image per weight format)")
     p.add_argument("--note", default="", help="a remark stored with the results (e.g. 'CPU shared, noisy')")
     p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per child task")
     p.add_argument("--out", default=str(RESULTS))
