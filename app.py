@@ -77,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=env("JANUS_DEVICE", "CPU"), help="OpenVINO device [env JANUS_DEVICE]")
     p.add_argument("--cache-dir", default=env("JANUS_OV_CACHE"),
                    help="where converted models are kept (default: janus_ov's cache) [env JANUS_OV_CACHE]")
-    p.add_argument("--server-name", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+    # On a Hugging Face Space (SPACE_ID is set) the proxy must reach us: listen on all interfaces.
+    p.add_argument("--server-name", default=env("GRADIO_SERVER_NAME", "0.0.0.0" if env("SPACE_ID") else "127.0.0.1"),
                    help="address to listen on; 0.0.0.0 for all interfaces [env GRADIO_SERVER_NAME]")
     p.add_argument("--port", default=env("GRADIO_SERVER_PORT") or env("PORT") or "7860",
                    help="port [env GRADIO_SERVER_PORT or PORT]")
@@ -394,16 +395,24 @@ class Studio:
 
     def generate_ui(self, prompt, negative_prompt, seed, randomize_seed, cfg_weight, temperature, num_images, size,
                     request: gr.Request, progress=gr.Progress()):
+        """Outputs: preview, gallery, seed (the one used, so a result can be reproduced), footer."""
         seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
         stop = self._flag(request)
-        if stop.is_set():
+        if stop.is_set():  # stopped while still queued
             return
+        yield None, [], seed, gr.skip()  # a new run: the last run's results go
+        images = []
         for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop,
                                 progress):
             if isinstance(out, list):
-                yield gr.skip(), out, seed, self.footer()
+                images = out
             else:
                 yield out, gr.skip(), seed, gr.skip()
+        if not images:
+            gr.Info("Generation stopped.")
+            yield None, [], seed, gr.skip()
+        else:
+            yield images[0], images, seed, self.footer()
 
     def generate_api(self, prompt: str, negative_prompt: str | None = None, seed: int = 0, randomize_seed: bool = True,
                      cfg_weight: float = 5.0, temperature: float = 1.0, num_images: int = 2, size: int = 384,
@@ -509,7 +518,7 @@ def images_tab(studio: Studio) -> dict:
                 g["cfg_weight"] = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG weight")
                 g["temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
                 g["num_images"] = gr.Slider(1, max_images, value=min(2, max_images), step=1,
-                                            label="Number of images")
+                                            label="Number of images", elem_id="t2i-num-images")
                 g["size"] = gr.Radio(UPSCALE_CHOICES, value=384, label="Output size (LANCZOS upscale)")
             gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[g["prompt"]], label="Prompt examples")
         with gr.Column(scale=3):

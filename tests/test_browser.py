@@ -1,0 +1,152 @@
+"""The app in a real browser: Playwright driving Debian's headless Chromium (/usr/bin/chromium).
+
+Attach an image, ask, watch the answer arrive; ask again (history), retry, undo; switch to the
+text-to-image tab, generate two images, see them in the gallery. Screenshots go to
+tests/artifacts/; with JANUS_UPDATE_SCREENSHOTS=1 one of each tab is also copied to
+assets/screenshots/ for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_app import ASSETS, shared_cache, start_app, stop_app
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "assets" / "screenshots"
+TIMEOUT_MS = 300_000  # generous: the machine may be busy with other work
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium package is not installed")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, artifacts_dir):
+    proc, url = start_app(shared_cache(tmp_path_factory), artifacts_dir / "test_browser.server.log")
+    yield url
+    stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        playwright_api.expect.set_options(timeout=TIMEOUT_MS)
+        page.goto(server)
+        page.wait_for_selector("#chat-input textarea")
+        yield page
+        browser.close()
+
+
+def keep(page, artifacts_dir: Path, name: str):
+    path = artifacts_dir / f"browser-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("JANUS_UPDATE_SCREENSHOTS") == "1":  # README copies, as compact JPEGs
+        from PIL import Image
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        Image.open(path).convert("RGB").save(SCREENSHOTS / f"{name}.jpg", quality=85, optimize=True)
+
+
+# Counts finished chat runs: the text box is disabled while the model answers and enabled
+# again at the end. A MutationObserver sees every switch, however fast the tiny model is.
+WATCH_CHAT_RUNS = """() => {
+  const root = document.querySelector('#chat-input');
+  window.__chatRuns = 0; window.__chatLocked = false;
+  if (window.__chatObserver) window.__chatObserver.disconnect();
+  window.__chatObserver = new MutationObserver(() => {
+    const box = root.querySelector('textarea');
+    if (box.disabled) window.__chatLocked = true;
+    else if (window.__chatLocked) { window.__chatLocked = false; window.__chatRuns += 1; }
+  });
+  window.__chatObserver.observe(root, {attributes: true, childList: true, subtree: true});
+}"""
+
+
+def chat_run(page, action):
+    """Do `action` (which starts a chat answer) and return when the answer is complete."""
+    page.evaluate(WATCH_CHAT_RUNS)
+    action()
+    page.wait_for_function("() => window.__chatRuns >= 1", timeout=TIMEOUT_MS)
+
+
+def ask(page, text: str, images=()):
+    if images:
+        page.set_input_files("#chat-input input[data-testid=file-upload]", [str(p) for p in images])
+        # The thumbnails show once the upload finished; only then may the message be sent.
+        playwright_api.expect(page.locator("#chat-input img")).to_have_count(len(images))
+    page.fill("#chat-input textarea", text)
+    chat_run(page, lambda: page.click("#chat-input [data-testid=submit-button]"))
+
+
+def test_chat_with_an_image(page, artifacts_dir):
+    bots, users = page.locator("#chatbot [data-testid=bot]"), page.locator("#chatbot [data-testid=user]")
+    expect = playwright_api.expect
+    # Keep answers short: set "Max new tokens" in the parameters accordion.
+    page.get_by_text("Parameters").first.click()
+    page.fill("#chat-max-new-tokens input[type=number]", "40")
+    page.press("#chat-max-new-tokens input[type=number]", "Enter")
+
+    ask(page, "What shapes are in this picture?", [ASSETS / "shapes.png"])
+    expect(users.filter(has_text="What shapes are in this picture?")).to_have_count(1)
+    expect(page.locator("#chatbot img[src*='shapes']")).to_have_count(1)  # the image is part of the turn
+    expect(bots).to_have_count(1)
+    assert bots.nth(0).inner_text().strip(), "the answer should appear in the chat"
+    expect(page.locator("#footer")).to_contain_text("tokens/s")
+    keep(page, artifacts_dir, "chat")
+
+    # A second turn, with history (the image stays in the conversation).
+    ask(page, "And what colour is the circle?")
+    expect(bots).to_have_count(2)
+    expect(users.filter(has_text="And what colour is the circle?")).to_have_count(1)
+
+    # Retry regenerates the last answer in place (greedy: the same text); undo takes the turn back.
+    second = bots.nth(1).inner_text()
+    chat_run(page, lambda: page.locator("#chatbot button[aria-label=Retry]").last.click())
+    expect(bots).to_have_count(2)
+    assert bots.nth(1).inner_text() == second
+    page.locator("#chatbot button[aria-label=Undo]").last.click()
+    expect(bots).to_have_count(1)
+    expect(page.locator("#chat-input textarea")).to_have_value("And what colour is the circle?")
+
+
+def test_generate_two_images(page, artifacts_dir):
+    expect = playwright_api.expect
+    page.get_by_role("tab", name="Text to image").click()
+    page.fill("#t2i-prompt textarea", "A red fox sitting in a field of sunflowers, watercolor painting")
+    page.click("#t2i-generate")
+    thumbnails = page.locator("#t2i-gallery .thumbnail-item img")
+    expect(thumbnails).to_have_count(2)  # the default number of images
+    expect(page.locator("#t2i-preview img")).to_have_count(1)  # a preview was shown on the way
+    expect(page.locator("#footer")).to_contain_text("s/image")
+    for i in range(2):  # the images really loaded
+        assert thumbnails.nth(i).evaluate("img => img.complete && img.naturalWidth") == 384
+    keep(page, artifacts_dir, "text-to-image")
+
+
+def test_stop_image_generation(page):
+    expect = playwright_api.expect
+    page.get_by_role("tab", name="Text to image").click()
+    page.fill("#t2i-num-images input[type=number]", "4")  # the slowest run this server allows
+    page.press("#t2i-num-images input[type=number]", "Enter")
+    thumbnails = page.locator("#t2i-gallery .thumbnail-item img")
+    expect(thumbnails).to_have_count(2)  # the previous test's results
+    page.click("#t2i-generate")
+    expect(thumbnails).to_have_count(0)  # the run started: old results cleared
+    page.click("#t2i-stop")
+    expect(page.get_by_text("Generation stopped.")).to_be_visible()
+    expect(thumbnails).to_have_count(0)  # stopped runs return no images
+    # The server is free again: a normal run still works.
+    page.fill("#t2i-num-images input[type=number]", "1")
+    page.press("#t2i-num-images input[type=number]", "Enter")
+    page.click("#t2i-generate")
+    expect(thumbnails).to_have_count(1)
