@@ -29,9 +29,11 @@ def ir_bytes(ir_dir) -> dict:
 def convert(model_dir, weights: str, cache_dir) -> dict:
     from janus_ov.cache import ensure_converted
 
+    before = set(p.name for p in Path(cache_dir).iterdir()) if Path(cache_dir).is_dir() else set()
     t0 = time.perf_counter()
     ir_dir = ensure_converted(str(model_dir), weights=weights, cache_dir=str(cache_dir), progress=None)
-    return {"convert_s": time.perf_counter() - t0, "ir_dir": str(ir_dir), "bytes": ir_bytes(ir_dir)}
+    return {"convert_s": time.perf_counter() - t0, "ir_dir": str(ir_dir), "bytes": ir_bytes(ir_dir),
+            "cached": Path(ir_dir).name in before}  # True: nothing was converted, only the cache checked
 
 
 def warm_start(model_dir, weights: str, cache_dir, process_start: float) -> dict:
@@ -124,27 +126,29 @@ def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS) ->
     """Where the time goes: seconds per IR part for one chat reply and one image.
 
     Wraps the runtime's infer calls with a timer (not part of the measured runs above);
-    "other" is everything between OpenVINO calls (sampling, tokenizer, Python).
+    "other" is everything between OpenVINO calls (sampling, tokenizer, Python). Per part:
+    median ms per call, and the weight bytes it streams per second at that median (compare
+    with the machine's bandwidth: a memory-bound part should come close).
     """
     from collections import defaultdict
 
     from janus_ov import runtime
 
-    acc = defaultdict(lambda: [0.0, 0])
+    acc = defaultdict(list)  # part -> seconds of each call
 
-    def timed(fn, part_of):
+    def timed(fn):
         def wrapper(self, part, *args, **kwargs):
             t0 = time.perf_counter()
             try:
                 return fn(self, part, *args, **kwargs)
             finally:
-                acc[part_of(part)][0] += time.perf_counter() - t0
-                acc[part_of(part)][1] += 1
+                acc[part].append(time.perf_counter() - t0)
         return wrapper
 
-    runtime.Context._run = timed(runtime.Context._run, lambda part: part)
-    runtime.Runtime.run_shared = timed(runtime.Runtime.run_shared, lambda part: part)
+    runtime.Context._run = timed(runtime.Context._run)
+    runtime.Runtime.run_shared = timed(runtime.Runtime.run_shared)
     pipe = _pipeline(model_dir, weights, cache_dir)
+    sizes = ir_bytes(pipe.model_dir)["parts"]
     messages = [{"role": "user", "content": make_question(model_dir), "images": [make_image()]}]
     pipe.chat(messages, max_new_tokens=8)  # warm-up, not counted
     out = {}
@@ -156,8 +160,12 @@ def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS) ->
         else:
             pipe.generate_images(IMAGE_PROMPT, num_images=1, seed=0)
         total = time.perf_counter() - t0
-        parts = {k: {"s": v[0], "calls": v[1], "ms_per_call": 1000 * v[0] / v[1]} for k, v in acc.items()}
-        out[task] = {"total_s": total, "parts": parts, "other_s": total - sum(v[0] for v in acc.values()),
+        parts = {}
+        for part, times in acc.items():
+            median = statistics.median(times)  # per step; the prefill call is the outlier
+            parts[part] = {"s": sum(times), "calls": len(times), "ms_per_call": 1000 * median,
+                           "weights_gb_per_s": sizes.get(part, 0) / median / 1e9}
+        out[task] = {"total_s": total, "parts": parts, "other_s": total - sum(sum(t) for t in acc.values()),
                      "stats": dict(pipe.last_stats)}
     return out
 

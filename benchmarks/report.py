@@ -102,12 +102,15 @@ def summarize(res: dict) -> dict:
     bw = bandwidth_gbps(res)
     rows = {}
     for weights, ov in res.get("openvino", {}).items():
+        if _get(ov, "convert", "cached"):  # a cache check, not a conversion: no conversion figures
+            ov["convert"] = dict(ov["convert"], convert_s=None, peak_rss_bytes=None)
         chat, img1, img4 = ov.get("chat", {}), ov.get("image_1", {}), ov.get("image_4", {})
         text_bytes = _get(chat, "bytes", "text_token") or _get(ov, "convert", "bytes", "text_token")
         step_bytes = _get(img1, "bytes", "image_step") or _get(ov, "convert", "bytes", "image_step")
         rows[f"openvino-{weights}"] = {
             "convert_s": _get(ov, "convert", "convert_s"),
             "convert_peak_rss_gib": _gib(_get(ov, "convert", "peak_rss_bytes")),
+            "convert_cached": _get(ov, "convert", "cached"),
             "ready_first_s": _get(ov, "warm_start", "first", "ready_s"),
             "ready_s": _median(r.get("ready_s") for r in _get(ov, "warm_start", "runs") or []),
             "ttft_s": chat.get("ttft_s_median"),
@@ -234,6 +237,8 @@ def markdown(res: dict) -> str:
     for name, r in s["rows"].items():
         convert = f"{_f(r.get('convert_s'))} ({_f(r.get('convert_peak_rss_gib'), '{:.2f}')})" \
             if r.get("convert_s") is not None else "–"
+        if r.get("convert_cached"):
+            convert = "cached"
         decode = (f"{_f(r.get('decode_tok_s'), '{:.2f}')} ({_f(r.get('decode_bound_tok_s'))}, "
                   f"{_f(_pct(r.get('decode_of_bound')), '{:.0f}', '%')})")
         if r.get("forced_length_ok") is False:
@@ -244,6 +249,9 @@ def markdown(res: dict) -> str:
             f"{_f(r.get('ttft_s'), '{:.2f}')} ({_f(r.get('prompt_tokens'), '{:.0f}')}) | {decode} | "
             f"{_f(r.get('image1_s'))} | {_f(r.get('image4_s'))} ({_f(r.get('image4_over_1'), '{:.2f}')}) | {steps} | "
             f"{_f(r.get('vq_decode_s'), '{:.2f}')} | {_f(r.get('peak_rss_serving_gib'), '{:.2f}')} |")
+    if res.get("pytorch_from"):
+        src = res["pytorch_from"]
+        lines += ["", f"PyTorch rows: from an earlier run on this machine ({src['date']}; {src.get('note') or 'no note'})."]
     lines += ["", "Ratios (OpenVINO / PyTorch; > 1 = OpenVINO faster):", ""]
     for name, r in s["ratios"].items():
         lines.append(f"- {name}: decode {_f(r['decode_speedup'], '{:.2f}')}×, first token "
@@ -274,6 +282,9 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+STREAMING_PARTS = ("language_model", "lm_head", "gen_head")  # read all their weights every step; embeddings don't
+
+
 def _profile_lines(res) -> list:
     """Where the time goes: per IR part, total seconds and ms per call, for one chat and one image."""
     lines = []
@@ -284,7 +295,9 @@ def _profile_lines(res) -> list:
             if not p:
                 continue
             parts = sorted(p["parts"].items(), key=lambda kv: -kv[1]["s"])
-            text = "; ".join(f"{k} {v['s']:.2f} s ({v['calls']}× {v['ms_per_call']:.1f} ms)" for k, v in parts)
+            text = "; ".join(f"{k} {v['s']:.2f} s ({v['calls']}×, median {v['ms_per_call']:.1f} ms"
+                             + (f", {v['weights_gb_per_s']:.1f} GB/s of weights)" if k in STREAMING_PARTS else ")")
+                             for k, v in parts)
             lines.append(f"- profile openvino-{weights} {task} ({p['total_s']:.1f} s): {text}; "
                          f"outside OpenVINO {p['other_s']:.2f} s")
     return lines

@@ -30,10 +30,25 @@ MARK = "BENCH_RESULT "
 
 # ---------------------------------------------------------------- child side
 
-def child(spec: dict) -> None:
-    """Run one task in this (fresh) process and print its result as the last stdout line."""
+def peak_rss() -> int:
+    """This process's peak resident memory, in bytes.
+
+    VmHWM belongs to the process's own address space, created fresh at exec; ru_maxrss can
+    instead carry the parent's RSS over from fork(), so it is only the fallback.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(spec: dict) -> None:
+    """Run one task in this (fresh) process and print its result as the last stdout line."""
     import psutil
 
     process_start = psutil.Process().create_time()
@@ -50,7 +65,7 @@ def child(spec: dict) -> None:
     result = mod.measure(**kwargs) if module == "bw" else mod.run_task(task, **kwargs)
     result["task_s"] = time.perf_counter() - t0
     result["process_s"] = time.time() - process_start
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = peak_rss()
     print(MARK + json.dumps(result, default=str), flush=True)
 
 
@@ -90,18 +105,19 @@ class Runner:
 
 
 def prepare_model(args) -> Path:
+    """The checkpoint to measure, built in a child process: the parent must stay small, as
+    every child it starts inherits its memory map until exec."""
     if args.model_dir:
         return Path(args.model_dir)
     if args.quick:
-        from janus_ov.tiny import build_tiny_model
-
         path = HERE / "models" / "tiny-random"
         if not (path / "config.json").exists():
-            build_tiny_model(path)
+            subprocess.run([sys.executable, "-m", "janus_ov", "tiny", "--output", str(path)], cwd=REPO, check=True)
         return path
-    from .models import build_random_model
+    from .models import default_path
 
-    return build_random_model(args.model)
+    subprocess.run([sys.executable, "-m", "benchmarks.models", "--model", args.model], cwd=REPO, check=True)
+    return default_path(args.model)
 
 
 def run(args) -> dict:
@@ -126,7 +142,8 @@ def run(args) -> dict:
 
     for weights in args.weights:
         cache_dir = cache_root / f"{tag}-{weights}"
-        shutil.rmtree(cache_dir, ignore_errors=True)  # conversion is measured from scratch
+        if not args.keep_cache:
+            shutil.rmtree(cache_dir, ignore_errors=True)  # conversion is measured from scratch
         ov = res["openvino"][weights] = {}
         ov["convert"] = run_(f"ov-{weights}-convert", "ov", "convert", model_dir=str(model_dir), weights=weights,
                              cache_dir=str(cache_dir))
@@ -144,6 +161,11 @@ def run(args) -> dict:
         if args.profile:
             ov["profile"] = run_(f"ov-{weights}-profile", "ov", "profile", new_tokens=args.new_tokens, **common)
 
+    if args.pytorch_from:  # PyTorch figures of an earlier run on the same machine (said so in the report)
+        earlier = json.loads(Path(args.pytorch_from).read_text())
+        res["pytorch"] = earlier.get("pytorch", {})
+        res["pytorch_from"] = {"file": str(args.pytorch_from), "date": earlier.get("date"), "note": earlier.get("note"),
+                               "bandwidth": earlier.get("bandwidth")}
     for dtype in args.pytorch:
         pt = res["pytorch"][dtype] = {}
         pt["chat"] = run_(f"pt-{dtype}-chat", "pt", "chat", model_dir=str(model_dir), dtype=dtype, runs=args.runs,
@@ -179,6 +201,9 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=None, help="forced reply length (default 128; --quick 16)")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the per-part time breakdown (one extra chat + image per weight format)")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="reuse converted models already in --cache-dir (conversion then shows as 'cached')")
+    p.add_argument("--pytorch-from", help="take the PyTorch figures from an earlier results JSON (use with --pytorch none)")
     p.add_argument("--note", default="", help="a remark stored with the results (e.g. 'CPU shared, noisy')")
     p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per child task")
     p.add_argument("--out", default=str(RESULTS))
@@ -189,7 +214,8 @@ def parse_args(argv=None):
     if args.child:
         return args
     q = args.quick
-    args.weights = (args.weights or ("int4" if q else "int4,int8,fp16")).split(",")
+    weights = args.weights or ("int4" if q else "int4,int8,fp16")
+    args.weights = [] if weights == "none" else weights.split(",")
     pytorch = args.pytorch or ("fp32" if q else "fp32,bf16")
     args.pytorch = [] if pytorch == "none" else pytorch.split(",")
     images = args.pytorch_images if args.pytorch_images is not None else ("" if q else "bf16:1")
