@@ -1,11 +1,69 @@
-"""Final weight types of each converted part (fp32 / fp16 / int8 / int4)."""
+"""Final weight types of each converted part: `--weights int4 | int8 | fp16 | fp32`.
+
+PLAN says what each part gets. It was decided by measurement (tiny model: error against the
+fp32 export; full-size Janus-Pro-1B: bytes) and by how often each part's weights are read:
+
+- language_model: the bulk of the bytes (1.2 B params in Pro-1B, 6.5 B in Pro-7B) and read
+  in full for every token, so decoding is memory-bound on it. int4 = NNCF INT4_ASYM, group
+  size 64, ratio 1.0, as the reference OpenVINO notebook does (NNCF keeps its last matmul in
+  INT8 by default, as the notebook does too).
+- lm_head (V x H, 0.42 GB in fp16 for Pro-1B) is read in full for every text token: INT8
+  per-channel halves those bytes for a logit error far below the int4 LM's. INT4 would save
+  another ~0.1 GB per token but is where a model's output distribution is most sensitive,
+  so it stays INT8 (the same "last layer in INT8" rule NNCF applies).
+- gen_head (H x H + H x 16384, 67 MB fp16) is read for every image step (576 per image):
+  INT8 for the same reason as lm_head.
+- text_embeddings (a Gather: only the looked-up rows are read) is large on disk and in RAM
+  (0.42 GB fp16): INT8 halves it; the error is the int8 rounding of a row.
+- vision (SigLIP-L, run once per image, compute-bound) and vq_decoder (convolutions at
+  384x384, run once per image, compute-bound; its output is pixels users look at) gain no
+  speed from smaller weights: fp16 in the int4 and int8 formats.
+- gen_embeddings is tiny (16384 x 8 codebook + an MLP): fp16.
+`int8` is int4 with the language model in INT8_ASYM; `fp16` / `fp32` leave every part in that
+float type. Float weights become fp16 in every format but fp32 (OpenVINO's save-time
+compression, which keeps constants fp16 cannot hold in f32).
+"""
 
 from __future__ import annotations
 
+_INT4_PLAN = {
+    "vision": "fp16",
+    "text_embeddings": "int8",
+    "language_model": "int4",
+    "lm_head": "int8",
+    "gen_embeddings": "fp16",
+    "gen_head": "int8",
+    "vq_decoder": "fp16",
+}
+
+PLAN = {
+    "int4": _INT4_PLAN,
+    "int8": {**_INT4_PLAN, "language_model": "int8"},
+    "fp16": dict.fromkeys(_INT4_PLAN, "fp16"),
+    "fp32": dict.fromkeys(_INT4_PLAN, "fp32"),
+}
+
 
 def compress(ov_model, part_name: str, weights: str):
-    """Give `ov_model`'s weights their final type for `weights`; returns the (same) model."""
-    set_float_weights(ov_model, "f32" if weights == "fp32" else "f16")
+    """Give `ov_model`'s weights their final type for `weights`; returns the compressed model."""
+    return compress_as(ov_model, PLAN[weights][part_name])
+
+
+def compress_as(ov_model, mode: str):
+    """Apply one weight type ("fp32", "fp16", "int8", "int4") to every weight of `ov_model`."""
+    import nncf
+
+    if mode in ("fp32", "fp16"):
+        set_float_weights(ov_model, "f32" if mode == "fp32" else "f16")
+        return ov_model
+    if mode == "int8":
+        ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    elif mode == "int4":
+        ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=64,
+                                         ratio=1.0)
+    else:
+        raise ValueError(f"unknown weight mode {mode!r}")
+    set_float_weights(ov_model, "f16")  # whatever NNCF left in bf16 (e.g. nothing to compress)
     return ov_model
 
 
@@ -37,3 +95,15 @@ def bf16_to_f32(raw):
     import numpy as np
 
     return (np.ascontiguousarray(raw).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def weight_types(ov_model) -> dict:
+    """Element type -> number of weight values: how a part's weights are stored (for tests/notes)."""
+    import numpy as np
+
+    counts: dict = {}
+    for op in ov_model.get_ops():
+        if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) >= 2:
+            key = op.get_output_element_type(0).get_type_name()
+            counts[key] = counts.get(key, 0) + int(np.prod(op.get_output_shape(0)))
+    return counts
