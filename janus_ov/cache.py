@@ -52,7 +52,9 @@ def ensure_converted(model: str, weights: str = "int4", cache_dir=None, progress
     if weights not in WEIGHT_FORMATS:
         raise InvalidInputError(f"Unknown weight format '{weights}'; choose one of {', '.join(WEIGHT_FORMATS)}.")
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    resolved = resolve(model, progress=progress is not None)
+    # Weights are fetched only if a conversion turns out to be needed (a Hub model already in the
+    # cache is not downloaded again).
+    resolved = resolve(model, progress=progress is not None, fetch_weights=False)
     if resolved.is_export:
         return _use_export(resolved.path, weights, root, say)
 
@@ -75,6 +77,8 @@ def ensure_converted(model: str, weights: str = "int4", cache_dir=None, progress
             say(f"Not using the cached model in {entry}: {problem}. Rebuilding it.")
             _discard(entry, root)
         _clean_stale_builds(root, own=entry.name)
+        if resolved.revision:  # a Hub snapshot: fetch the weights of exactly this commit
+            resolved = resolve(f"{resolved.source}@{resolved.revision}", progress=progress is not None)
         build(resolved, weights, entry, root, say)
     return entry
 

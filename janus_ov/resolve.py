@@ -46,7 +46,9 @@ class Resolved:
         return (self.path / MANIFEST).is_file()
 
 
-def resolve(model: str, progress: bool = True) -> Resolved:
+def resolve(model: str, progress: bool = True, fetch_weights: bool = True) -> Resolved:
+    """`fetch_weights=False` fetches only a Hub repo's small files (enough to know its commit and
+    whether it ships an export), so a model that is already converted is not downloaded again."""
     model = str(model).strip()
     path = Path(model).expanduser()
     if path.exists():
@@ -55,7 +57,7 @@ def resolve(model: str, progress: bool = True) -> Resolved:
     if not _HUB_ID.match(repo_id) or model.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"The model path '{model}' does not exist. Check the path, {_WHAT_TO_DO}. "
                                  f"A Hub id looks like '{DEFAULT_MODEL}' (optionally '@<revision>').")
-    return _resolve_hub(repo_id, revision or None, progress)
+    return _resolve_hub(repo_id, revision or None, progress, fetch_weights)
 
 
 # ---------------------------------------------------------------- local directories
@@ -126,10 +128,11 @@ def content_key(root: Path) -> str:
 
 # ---------------------------------------------------------------- Hugging Face Hub
 
-def _resolve_hub(repo_id: str, revision: str | None, progress: bool) -> Resolved:
+def _resolve_hub(repo_id: str, revision: str | None, progress: bool, fetch_weights: bool) -> Resolved:
     # Two passes: the small files first; if they include a manifest the repo already ships a
     # converted model and we fetch exactly its files instead of the PyTorch weights.
     snapshot = _download(repo_id, revision, META_PATTERNS, progress)
+    sha = snapshot.name  # snapshot folders are named after the resolved commit
     manifest = snapshot / MANIFEST
     if manifest.is_file():
         patterns = sorted(json.loads(manifest.read_text()).get("files", {}))
@@ -138,9 +141,9 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool) -> Resolved
         if problem:
             raise ModelNotFoundError(f"The Hub repo '{repo_id}' is not a Janus checkpoint: {problem}. Use a Janus "
                                      f"model such as '{DEFAULT_MODEL}', or {_WHAT_TO_DO}.")
-        patterns = WEIGHT_PATTERNS
-    snapshot = _download(repo_id, revision, patterns, progress)
-    sha = snapshot.name  # snapshot folders are named after the resolved commit
+        patterns = WEIGHT_PATTERNS if fetch_weights else None
+    if patterns:
+        snapshot = _download(repo_id, sha, patterns, progress)  # pinned: both passes see the same commit
     return Resolved(snapshot, repo_id, sha, f"hub:{repo_id}@{sha}")
 
 

@@ -67,9 +67,10 @@ def built(tiny_model_dir, tmp_path_factory):
     deadline = time.time() + 600
     while not list(root.glob(".tmp-*/*.xml")) and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.communicate()
-    after_kill = {"returncode": victim.returncode, "entries": entries(root),
+    if victim.poll() is None:
+        os.kill(victim.pid, signal.SIGKILL)
+    victim_err = victim.communicate()[1]
+    after_kill = {"returncode": victim.returncode, "stderr": victim_err[-3000:], "entries": entries(root),
                   "tmp_dirs": [p.name for p in root.glob(".tmp-*")],
                   "tmp_verdicts": [verify(p, root) for p in root.glob(".tmp-*")]}
     # The killed process held the entry lock; the OS must have released it.
@@ -118,7 +119,7 @@ def count_conversions(monkeypatch):
 
 def test_killed_conversion_leaves_nothing_trusted(built):
     k = built["after_kill"]
-    assert k["returncode"] == -signal.SIGKILL
+    assert k["returncode"] == -signal.SIGKILL, k["stderr"]
     assert k["entries"] == []  # nothing was published
     assert len(k["tmp_dirs"]) == 1 and k["tmp_verdicts"] == ["its manifest.json is missing"]
     assert built["locks"], "the killed process should have created its lock file"
@@ -207,8 +208,9 @@ DAMAGES = {"flip a .bin byte": "vision.bin is corrupt", "delete the manifest": "
 
 @pytest.fixture(scope="module")
 def rebuilt(built, tiny_model_dir, tmp_path_factory):
-    """Damage two copies of the cache, then load both at once (two real rebuilds, run in parallel
-    to keep the module fast on 2 cores)."""
+    """Three real conversions, run at once to keep the module fast on 2 cores: two damaged copies
+    of the cache are loaded (each must be rebuilt), and the tiny model is loaded as a Hub id from a
+    loopback fake Hub into an empty cache."""
     cases = {}
     for damage in DAMAGES:
         entry = copy_cache(built, tmp_path_factory.mktemp("damaged"))
@@ -220,7 +222,17 @@ def rebuilt(built, tiny_model_dir, tmp_path_factory):
         else:
             (entry / "manifest.json").unlink()
         cases[damage] = (entry, start_load(tiny_model_dir, entry.parent))
-    return {damage: (entry, finish(proc)) for damage, (entry, proc) in cases.items()}
+    hub = FakeHub()
+    hub.repos["org/tiny"] = tiny_model_dir
+    hub_dir = tmp_path_factory.mktemp("hub-model")
+    hub_env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(hub_dir / "hf")}
+    hub_proc = start_load("org/tiny", hub_dir / "cache", **hub_env)
+    try:
+        results = {damage: (entry, finish(proc)) for damage, (entry, proc) in cases.items()}
+        results["hub"] = (hub_dir, hub_env, finish(hub_proc), list(hub.requests))
+    finally:
+        hub.close()
+    return results
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -232,6 +244,24 @@ def test_damaged_entry_is_rebuilt(built, rebuilt, damage):
     assert manifest(entry)["build_id"] != manifest(built["entry"])["build_id"]
     assert verify(entry, entry.parent) is None
     assert not list(entry.parent.glob(".t*-*"))  # no temp or trash dirs left behind
+
+
+def test_hub_model_converts_once_then_loads_offline_without_its_weights(rebuilt, tiny_model_dir):
+    hub_dir, env, result, requests = rebuilt["hub"]
+    sha = FakeHub.sha(tiny_model_dir)
+    entry = Path(result["path"])
+    assert converted(result) and entry.parent == hub_dir / "cache" and verify(entry, entry.parent) is None
+    m = manifest(entry)
+    assert m["source"] == "org/tiny" and m["revision"] == sha and m["key_material"] == f"hub:org/tiny@{sha}"
+    assert any(r.endswith("/model.safetensors") for r in requests)
+    # The Hub copy of the weights is no longer needed: delete it, go offline, load again.
+    links = list((hub_dir / "hf").rglob("model.safetensors"))
+    assert links
+    for link in links:
+        link.resolve().unlink()  # the blob
+        link.unlink()
+    offline = finish(start_load("org/tiny", hub_dir / "cache", HF_HUB_OFFLINE="1", HF_HOME=env["HF_HOME"]))
+    assert offline["path"] == str(entry) and not converted(offline) and offline["torch"] is False
 
 
 def test_mismatched_manifest_is_not_trusted(built, tmp_path):
