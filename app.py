@@ -160,7 +160,12 @@ def _whole(value, name: str):
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+    raise user_error(f"{name} must be a whole number, got {value!r}.")
+
+
+def user_error(message: str) -> gr.Error:
+    """A message for the person at the UI or API; the server console needs no traceback of it."""
+    return gr.Error(message, print_exception=False)
 
 
 @contextmanager
@@ -169,7 +174,7 @@ def readable_errors():
     try:
         yield
     except JanusError as e:
-        raise gr.Error(str(e)) from None
+        raise user_error(str(e)) from None
 
 
 def _parts(message: dict) -> tuple[str, list[str]]:
@@ -254,6 +259,11 @@ class Studio:
         if flag := self.stops.get(request.session_hash):
             flag.set()
 
+    def forget(self, request: gr.Request):
+        """The page was closed: stop whatever still runs for it, drop its flag."""
+        if flag := self.stops.pop(request.session_hash, None):
+            flag.set()
+
     def _flag(self, request: gr.Request | None) -> threading.Event:
         session = request.session_hash if request is not None else None
         return self.stops.get(session) or threading.Event()
@@ -298,12 +308,12 @@ class Studio:
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text:
-            raise gr.Error("Type a question or instruction (images alone are not a message).")
+            raise user_error("Type a question or instruction (images alone are not a message).")
         for path in files:  # reject a broken upload now, before it enters the history
             try:
                 load_image(path)
             except JanusError as e:  # name the upload as the user knows it, not by its server path
-                raise gr.Error(str(e).replace(path, Path(path).name)) from None
+                raise user_error(str(e).replace(path, Path(path).name)) from None
         self.arm(request)
         turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
         return history + [turn], gr.MultimodalTextbox(value=None, interactive=False)
@@ -342,9 +352,9 @@ class Studio:
         if not isinstance(history, list) or not all(
                 isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
                 for m in history):
-            raise gr.Error('history must be a list of {"role": "user"|"assistant", "content": "..."}.')
+            raise user_error('history must be a list of {"role": "user"|"assistant", "content": "..."}.')
         if not (message or "").strip():
-            raise gr.Error("message is empty: type a question or instruction.")
+            raise user_error("message is empty: type a question or instruction.")
         paths = list(images or [])  # gr.File hands over local file paths
         messages = [{"role": m["role"], "content": m["content"], "images": []} for m in history]
         messages.append({"role": "user", "content": message.strip(), "images": paths})
@@ -356,10 +366,10 @@ class Studio:
         then the finished list of images."""
         num_images = _whole(num_images, "num_images")
         if not 1 <= num_images <= self.args.max_images:  # this server's limit, stricter than janus_ov's
-            raise gr.Error(f"num_images must be between 1 and {self.args.max_images}, got {num_images}.")
+            raise user_error(f"num_images must be between 1 and {self.args.max_images}, got {num_images}.")
         sizes = [s for _, s in UPSCALE_CHOICES]
         if size not in sizes:
-            raise gr.Error(f"size must be one of {sizes}, got {size!r}.")
+            raise user_error(f"size must be one of {sizes}, got {size!r}.")
         events, result = queue.Queue(), {}
 
         def work():
@@ -448,6 +458,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         wire_chat(studio, chat, footer)
         wire_images(studio, images, footer)
         demo.load(studio.footer, None, footer, api_visibility="private", queue=False)
+        demo.unload(studio.forget)
     return demo
 
 

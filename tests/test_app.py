@@ -260,7 +260,33 @@ def test_bad_input_is_refused_and_the_server_keeps_working(client, case, broken_
     assert isinstance(chat(client, "Hello", max_new_tokens=4).result(timeout=300), str)
 
 
+def test_server_refuses_uploads_over_the_limit(server, huge_file):
+    # gradio_client checks the limit itself; a plain HTTP upload shows the server enforces it too.
+    import httpx
+
+    with open(huge_file, "rb") as f:
+        big = httpx.post(f"{server}gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
+    assert big.status_code == 413 and "maximum" in big.text
+    with open(ASSETS / "shapes.png", "rb") as f:
+        small = httpx.post(f"{server}gradio_api/upload", files={"files": ("shapes.png", f, "image/png")}, timeout=60)
+    assert small.status_code == 200
+
+
 # ------------------------------------------------------------------------------------------ launch
+
+
+def test_login_is_required_with_auth(tmp_path_factory, artifacts_dir):
+    proc, url = start_app(shared_cache(tmp_path_factory), artifacts_dir / "test_app.auth.server.log",
+                          "--auth", "ann:s3:cret")
+    try:
+        with pytest.raises(Exception):
+            Client(url, verbose=False)  # no credentials: not even the API description is served
+        with pytest.raises(Exception):
+            Client(url, auth=("ann", "wrong"), verbose=False)
+        client = Client(url, auth=("ann", "s3:cret"), verbose=False)
+        assert isinstance(chat(client, "Hello", max_new_tokens=4).result(timeout=300), str)
+    finally:
+        stop_app(proc)
 
 
 def test_failed_load_ends_with_one_clear_message(tmp_path):
