@@ -242,31 +242,40 @@ def _format_stats(stats: dict) -> str:
 # Event handlers
 
 
+class StopFlags:
+    """One stop flag per browser session for one kind of run. A fresh flag is armed before each
+    run is queued, so a Stop pressed while the run still waits in the queue counts too."""
+
+    def __init__(self):
+        self.flags: dict[str, threading.Event] = {}
+
+    def arm(self, request: gr.Request):
+        self.flags[request.session_hash] = threading.Event()
+
+    def stop(self, request: gr.Request):
+        if flag := self.flags.get(request.session_hash):
+            flag.set()
+
+    def current(self, request: gr.Request) -> threading.Event:
+        return self.flags.get(request.session_hash) or threading.Event()
+
+    def forget(self, session: str):
+        if flag := self.flags.pop(session, None):
+            flag.set()
+
+
 class Studio:
-    """The handlers behind the UI and the API; holds the pipeline and per-session stop flags."""
+    """The handlers behind the UI and the API; holds the pipeline and the stop flags."""
 
     def __init__(self, pipe, args):
         self.pipe, self.args = pipe, args
-        self.stops: dict[str, threading.Event] = {}  # session -> flag the Stop button sets
+        self.chat_stops, self.image_stops = StopFlags(), StopFlags()
         self.speed = {"chat": "", "image": ""}  # last run of each kind, for the footer
 
-    # -- stopping: a fresh flag per run, armed before the run is queued so a Stop pressed
-    #    while it waits in the queue still counts.
-    def arm(self, request: gr.Request):
-        self.stops[request.session_hash] = threading.Event()
-
-    def stop(self, request: gr.Request):
-        if flag := self.stops.get(request.session_hash):
-            flag.set()
-
     def forget(self, request: gr.Request):
-        """The page was closed: stop whatever still runs for it, drop its flag."""
-        if flag := self.stops.pop(request.session_hash, None):
-            flag.set()
-
-    def _flag(self, request: gr.Request | None) -> threading.Event:
-        session = request.session_hash if request is not None else None
-        return self.stops.get(session) or threading.Event()
+        """The page was closed: stop whatever still runs for it."""
+        self.chat_stops.forget(request.session_hash)
+        self.image_stops.forget(request.session_hash)
 
     def footer(self) -> str:
         a = self.args
@@ -314,12 +323,12 @@ class Studio:
                 load_image(path)
             except JanusError as e:  # name the upload as the user knows it, not by its server path
                 raise user_error(str(e).replace(path, Path(path).name)) from None
-        self.arm(request)
+        self.chat_stops.arm(request)
         turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
         return history + [turn], gr.MultimodalTextbox(value=None, interactive=False)
 
     def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, request: gr.Request):
-        stop = self._flag(request)
+        stop = self.chat_stops.current(request)
         if stop.is_set() or not history:  # stopped while still queued
             return
         messages = to_janus_messages(history)
@@ -331,7 +340,7 @@ class Studio:
 
     def retry(self, history: list, request: gr.Request):
         before, turn = _split_last_user_turn(history)
-        self.arm(request)
+        self.chat_stops.arm(request)
         return before + [m for m in turn if m["role"] == "user"], gr.MultimodalTextbox(interactive=False)
 
     def undo(self, history: list):
@@ -407,7 +416,7 @@ class Studio:
                     request: gr.Request, progress=gr.Progress()):
         """Outputs: preview, gallery, seed (the one used, so a result can be reproduced), footer."""
         seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
-        stop = self._flag(request)
+        stop = self.image_stops.current(request)
         if stop.is_set():  # stopped while still queued
             return
         yield None, [], seed, gr.skip()  # a new run: the last run's results go
@@ -504,7 +513,7 @@ def wire_chat(studio: Studio, c: dict, footer):
     answer(c["chatbot"].retry(studio.retry, c["chatbot"], [c["chatbot"], c["message"]], queue=False, **private))
     c["chatbot"].undo(studio.undo, c["chatbot"], [c["chatbot"], c["message"]], queue=False, **private)
     c["chatbot"].clear(lambda: [], None, c["chatbot"], queue=False, **private)
-    c["stop"].click(studio.stop, None, None, queue=False, **private)
+    c["stop"].click(studio.chat_stops.stop, None, None, queue=False, **private)
     c["api_trigger"].click(studio.chat_api, [c["api_message"], c["api_images"], c["api_history"]] + params,
                            c["api_answer"], api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
                            concurrency_id="chat")
@@ -544,11 +553,11 @@ def images_tab(studio: Studio) -> dict:
 def wire_images(studio: Studio, g: dict, footer):
     inputs = [g["prompt"], g["negative_prompt"], g["seed"], g["randomize_seed"], g["cfg_weight"], g["temperature"],
               g["num_images"], g["size"]]
-    start = gr.on([g["generate"].click, g["prompt"].submit], studio.arm, None, None, queue=False,
+    start = gr.on([g["generate"].click, g["prompt"].submit], studio.image_stops.arm, None, None, queue=False,
                   api_visibility="private")
     start.success(studio.generate_ui, inputs, [g["preview"], g["gallery"], g["seed"], footer],
                   concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images", api_visibility="private")
-    g["stop"].click(studio.stop, None, None, queue=False, api_visibility="private")
+    g["stop"].click(studio.image_stops.stop, None, None, queue=False, api_visibility="private")
     g["api_trigger"].click(studio.generate_api, inputs, [g["gallery"], g["seed"]], api_name="generate_images",
                            concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images")
 
