@@ -122,7 +122,7 @@ def vq_decode(ir_dir, runs: int = 3, num_images: int = 1) -> dict:
             "vq_decode_s_median": statistics.median(times[1:])}
 
 
-def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS) -> dict:
+def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS, tasks=("chat", "image")) -> dict:
     """Where the time goes: seconds per IR part for one chat reply and one image.
 
     Wraps the runtime's infer calls with a timer (not part of the measured runs above);
@@ -152,7 +152,7 @@ def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS) ->
     messages = [{"role": "user", "content": make_question(model_dir), "images": [make_image()]}]
     pipe.chat(messages, max_new_tokens=8)  # warm-up, not counted
     out = {}
-    for task in ("chat", "image"):
+    for task in tasks:
         acc.clear()
         t0 = time.perf_counter()
         if task == "chat":
