@@ -78,8 +78,11 @@ class JanusPipeline:
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, int(self.info.max_position_embeddings))
         sampler = TokenSampler(self.info.vocab_size, check_number("temperature", temperature, 0.0, MAX_TEMPERATURE),
                                check_number("top_p", top_p, 0.0, 1.0, low_open=True), check_seed(seed))
+        t0 = time.perf_counter()
         input_ids, pixel_values = self._chat_inputs(messages, max_new_tokens)
-        return self._chat_pieces(input_ids, pixel_values, sampler, max_new_tokens, stop_event)
+        stats = {"task": "chat", "seed": sampler.seed, "images": 0 if pixel_values is None else len(pixel_values),
+                 "preprocess_s": time.perf_counter() - t0}
+        return self._chat_pieces(input_ids, pixel_values, sampler, max_new_tokens, stop_event, stats)
 
     def chat(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
              seed: int | None = None, stop_event=None) -> str:
@@ -94,8 +97,7 @@ class JanusPipeline:
         input_ids = self.tokenizer.encode_chat(chat_prompt(messages, self.info), num_images=len(images))
         return input_ids, pixel_values
 
-    def _chat_pieces(self, input_ids, pixel_values, sampler, max_new_tokens, stop_event) -> Iterator[str]:
-        stats = {"task": "chat", "seed": sampler.seed}
+    def _chat_pieces(self, input_ids, pixel_values, sampler, max_new_tokens, stop_event, stats) -> Iterator[str]:
         decoder = self.tokenizer.stream_decoder()
         with self.runtime.context() as ctx:
             tokens = chat_loop.generate_tokens(ctx, self.info, input_ids, pixel_values, sampler, max_new_tokens,
@@ -107,6 +109,8 @@ class JanusPipeline:
         tail = decoder.flush()
         if tail:
             yield tail
+        # Time to first token as a user sees it: image loading/preprocessing included.
+        stats["time_to_first_token_s"] += stats["preprocess_s"]
         self.last_stats = stats
 
     # ------------------------------------------------------------------------------------------ image

@@ -55,17 +55,45 @@ def compile_config(device: str, ov_config: dict | None, cache_dir: str | Path | 
     return config
 
 
+def _tensor(array: np.ndarray, dtype) -> tuple[ov.Tensor, np.ndarray]:
+    """(tensor, the numpy array whose memory it uses): `array` itself unless it is not
+    C-contiguous or not of `dtype` (then a copy). 0-d arrays stay 0-d (numpy would give [1]).
+    The tensor does not own that memory: the caller must keep the array alive while it is bound."""
+    data = array if array.flags.c_contiguous and array.dtype == dtype else np.ascontiguousarray(array, dtype=dtype)
+    flat = data.reshape(-1)  # a view; the Shape argument restores the true shape (incl. 0-d)
+    return ov.Tensor(flat, ov.Shape(list(array.shape)), ov.Type(dtype)), data
+
+
 class Context:
     """One request's view of the model: private infer requests for the per-step parts."""
 
     def __init__(self, runtime: "Runtime"):
         self.runtime = runtime
         self.req = {name: runtime.compiled[name].create_infer_request() for name in PER_REQUEST}
+        self._dtypes = {name: {p.get_any_name(): p.get_element_type().to_dtype() for p in runtime.compiled[name].inputs}
+                        for name in PER_REQUEST}
+        self._bound = {name: {} for name in PER_REQUEST}  # input -> (caller's array or None, array the tensor uses)
 
     # -- per-request parts: return views into this context's output tensors --
 
     def _run(self, part: str, inputs: dict) -> np.ndarray:
-        return self.req[part].infer(inputs, share_inputs=True, share_outputs=True)[0]
+        """Bind each input as a zero-copy tensor and infer.
+
+        The generation loops pass the same preallocated buffers at every step (positions, ids,
+        cfg weight, beam_idx): those stay bound and are not re-wrapped, which keeps the Python
+        cost of a call well under the cost of the generic `infer(dict)` path.
+        """
+        request, bound, dtypes = self.req[part], self._bound[part], self._dtypes[part]
+        for name, array in inputs.items():
+            if bound.get(name, (None,))[0] is not array:
+                tensor, data = _tensor(array, dtypes[name])
+                request.set_tensor(name, tensor)
+                # Keep `data` alive while the tensor points at it. Skip re-binding next time only
+                # if the tensor reads the caller's own buffer (a copy would go stale when the
+                # caller updates its buffer in place).
+                bound[name] = (array if data is array else None, data)
+        request.infer()
+        return request.get_output_tensor(0).data
 
     def embed_text(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids i64 [B,T] -> inputs_embeds f32 [B,T,H]"""

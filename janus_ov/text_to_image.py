@@ -90,8 +90,13 @@ def generate_image_tokens(ctx: Context, info: ModelInfo, cond_ids: np.ndarray, u
 
 
 def decode_images(ctx: Context, tokens: np.ndarray) -> np.ndarray:
-    """VQ-decode token ids [N,576] -> f32 [N,3,384,384] in about -1..1."""
-    return ctx.vq_decode(np.ascontiguousarray(tokens, np.int64))
+    """VQ-decode token ids [N,576] -> f32 [N,3,384,384] in about -1..1.
+
+    One image per call: the decoder's full-resolution activations are ~75 MB per image per
+    tensor, so a batch of four would raise peak memory by gigabytes for no gain in speed
+    (the decoder is compute-bound)."""
+    tokens = np.ascontiguousarray(tokens, np.int64)
+    return np.concatenate([ctx.vq_decode(tokens[i:i + 1]) for i in range(len(tokens))])
 
 
 def preview_image(ctx: Context, tokens: np.ndarray, done: int):
