@@ -41,10 +41,10 @@ def convert_checkpoint(model_dir, output_dir, weights: str = "int4", progress=pr
     (output_dir / "tokenizer.json").write_text(ckpt.tokenizer_json, encoding="utf-8")
     model = ckpt.model
     del ckpt
-    for name in parts.PARTS:
+    for i, name in enumerate(parts.PARTS):
         progress(f"Converting {name} ({weights})")
         convert_part(model, name, output_dir, weights)
-        release(model, name)  # this part's torch weights are no longer needed
+        release(model, name, remaining=parts.PARTS[i + 1:])  # its torch weights are no longer needed
     return output_dir
 
 
@@ -91,10 +91,9 @@ def _name_ports(ports, names) -> None:
         port.get_tensor().set_names({port_name})
 
 
-def release(model, name: str) -> None:
-    """Drop the torch weights of a converted part so memory is returned before the next one."""
+def _part_modules(model, name: str) -> list:
     janus = model.model
-    owners = {
+    return {
         "vision": [janus.vision_model, janus.aligner],
         "text_embeddings": [janus.language_model.embed_tokens],
         "language_model": [janus.language_model],
@@ -103,9 +102,44 @@ def release(model, name: str) -> None:
         "gen_head": [janus.generation_head],
         "vq_decoder": [janus.vqmodel],
     }[name]
-    for module in owners:
-        module.to("meta")  # also moves the 16-bit weights the tracing patch stashed as parameters
+
+
+def release(model, name: str, remaining=()) -> None:
+    """Return a converted part's torch weights to the OS before the next part is converted.
+
+    Weights shared with a part still to convert (tied embeddings) are kept.
+    """
+    keep = {id(p) for later in remaining for m in _part_modules(model, later) for p in m.parameters()}
+    for module in _part_modules(model, name):
+        for param in module.parameters():
+            if id(param) not in keep and param.device.type == "cpu":
+                _drop_pages(param)
+        if not any(id(p) in keep for p in module.parameters()):
+            module.to("meta")
     gc.collect()
+
+
+def _drop_pages(tensor) -> None:
+    """madvise(DONTNEED) the whole pages inside a tensor we will never read again.
+
+    transformers memory-maps the safetensors file: every page a part's conversion read stays
+    in our RSS until the file is unmapped, which happens only when *all* its tensors are gone.
+    Dropping the pages one part at a time keeps peak RSS near the largest part instead of the
+    whole checkpoint. Only pages wholly inside this tensor are touched, so neighbours are safe.
+    """
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux") or tensor.numel() == 0:
+        return
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // page) * page, end // page * page
+    if last > first:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # 4 = MADV_DONTNEED
 
 
 # ---------------------------------------------------------------------------------------------
