@@ -20,7 +20,17 @@ fp32 export; full-size Janus-Pro-1B: bytes) and by how often each part's weights
   speed from smaller weights: fp16 in the int4 and int8 formats.
 - gen_embeddings is tiny (16384 x 8 codebook + an MLP): fp16.
 `int8` is int4 with the language model in INT8_ASYM; `fp16` / `fp32` leave every part in that
-float type. Float weights become fp16 in every format but fp32 (OpenVINO's save-time
+float type.
+
+Measured (tiny model, relative error vs the fp32 export; full-size Janus-Pro-1B-shaped int4 sizes):
+  lm_head          int8 0.004, int4 0.093 (argmax agreement 0.90)  -> int8, 210 MB
+  gen_head         int8 0.009, int4 0.10-0.14                      -> int8, 38 MB
+  text_embeddings  int8 0.003, int4 0.056                          -> int8, 210 MB
+  vision           fp16 0.000, int8 0.011                          -> fp16, 619 MB
+  vq_decoder       fp16 0.000, int8 0.112                          -> fp16, 85 MB
+  gen_embeddings   fp16 0.000, int8 0.006 (8 MB either way)        -> fp16, 9 MB
+  language_model   int8 0.031, int4 0.57 (2-layer random model)    -> int4, 670 MB
+Float weights become fp16 in every format but fp32 (OpenVINO's save-time
 compression, which keeps constants fp16 cannot hold in f32).
 """
 
