@@ -18,7 +18,7 @@ PACKAGES = ("openvino", "nncf", "torch", "transformers", "numpy", "tokenizers")
 
 def cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -28,7 +28,7 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
         flags = re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()
         return sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f)
     except (OSError, AttributeError):
@@ -53,7 +53,7 @@ def machine() -> dict:
             versions[name] = None
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+                                capture_output=True, encoding="utf-8", errors="replace", timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),

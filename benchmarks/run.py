@@ -37,7 +37,7 @@ def peak_rss() -> int:
     instead carry the parent's RSS over from fork(), so it is only the fallback.
     """
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -86,13 +86,13 @@ class Runner:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--child", spec], cwd=REPO, env=self.env,
-                                  capture_output=True, text=True, timeout=self.timeout)
+                                  capture_output=True, encoding="utf-8", errors="replace", timeout=self.timeout)
             out, err, code = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as e:
             out, err, code = e.stdout or "", (e.stderr or "") + f"\nTIMEOUT after {self.timeout} s", -1
             out, err = (out.decode() if isinstance(out, bytes) else out), (err.decode() if isinstance(err, bytes) else err)
         wall = time.perf_counter() - t0
-        log.write_text(f"$ {spec}\n--- stdout\n{out}\n--- stderr\n{err}\n--- exit {code}, {wall:.1f} s\n")
+        log.write_text(f"$ {spec}\n--- stdout\n{out}\n--- stderr\n{err}\n--- exit {code}, {wall:.1f} s\n", encoding="utf-8")
         lines = [line for line in out.splitlines() if line.startswith(MARK)]
         if code != 0 or not lines:
             tail = (err.strip().splitlines() or ["no output"])[-1]
@@ -162,7 +162,7 @@ def run(args) -> dict:
             ov["profile"] = run_(f"ov-{weights}-profile", "ov", "profile", new_tokens=args.new_tokens, **common)
 
     if args.pytorch_from:  # PyTorch figures of an earlier run on the same machine (said so in the report)
-        earlier = json.loads(Path(args.pytorch_from).read_text())
+        earlier = json.loads(Path(args.pytorch_from).read_text(encoding="utf-8"))
         res["pytorch"] = earlier.get("pytorch", {})
         res["pytorch_from"] = {"file": str(args.pytorch_from), "date": earlier.get("date"), "note": earlier.get("note"),
                                "bandwidth": earlier.get("bandwidth")}
@@ -180,7 +180,7 @@ def run(args) -> dict:
     report.summarize(res)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))
-    (out_dir / f"{name}.md").write_text(report.markdown(res))
+    (out_dir / f"{name}.md").write_text(report.markdown(res), encoding="utf-8")
     print(f"wrote {out_dir / name}.json and .md in {res['total_s'] / 60:.1f} min")
     return res
 

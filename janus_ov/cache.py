@@ -120,7 +120,7 @@ def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> 
             raise  # KeyboardInterrupt / SystemExit: clean up and let them through
         raise ConversionError(f"Converting {resolved.source} to OpenVINO IR failed ({type(e).__name__}: {e}). "
                               f"Nothing was cached; check the checkpoint is complete and supported.") from e
-    _stamp(dest, tmp_root, json.loads((dest / MANIFEST).read_text()))  # we just hashed every file ourselves
+    _stamp(dest, tmp_root, json.loads((dest / MANIFEST).read_text(encoding="utf-8")))  # we just hashed every file ourselves
     say(f"Saved the converted model to {dest}")
     return dest
 
@@ -168,7 +168,7 @@ def verify(directory: Path, stamp_root: Path, expect: dict | None = None) -> str
     if not directory.is_dir():
         return "it does not exist"
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
     except FileNotFoundError:
         return "its manifest.json is missing"
@@ -212,7 +212,7 @@ def _file_ids(directory: Path, manifest: dict) -> dict:
 
 def _stamp_matches(directory: Path, stamp_root: Path, manifest: dict) -> bool:
     try:
-        stamp = json.loads(_stamp_path(directory, stamp_root).read_text())
+        stamp = json.loads(_stamp_path(directory, stamp_root).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return stamp == {"build_id": manifest.get("build_id"), "files": _file_ids(directory, manifest)}
@@ -246,7 +246,7 @@ def _use_export(directory: Path, weights: str, stamp_root: Path, say) -> Path:
             f"The converted model in {directory} cannot be used: {problem}. It was not loaded. Export it again "
             f"with `python -m janus_ov export --model <checkpoint> --output {directory}`, or pass the original "
             f"checkpoint (a Hub id or folder) to convert it into the cache.")
-    have = json.loads((directory / MANIFEST).read_text()).get("weights")
+    have = json.loads((directory / MANIFEST).read_text(encoding="utf-8")).get("weights")
     note = "" if have == weights else f" (it holds {have} weights; the requested {weights} does not apply)"
     say(f"Using the converted model in {directory}{note}")
     return directory

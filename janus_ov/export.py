@@ -49,7 +49,7 @@ def export(model: str, output, weights: str = "int4", cache_dir=None, force: boo
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    manifest = json.loads((output / MANIFEST).read_text())
+    manifest = json.loads((output / MANIFEST).read_text(encoding="utf-8"))
     size = sum(f["size"] for f in manifest["files"].values())
     say(f"Exported {manifest['source']} ({manifest['weights']}, {size / 2**20:.1f} MiB) to {output}. "
         f"Load it with --model {output} (no torch or network needed).")

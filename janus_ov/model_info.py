@@ -49,9 +49,9 @@ class ModelInfo:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / FILE_NAME
-        path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False))
+        path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelInfo":
-        return cls(**json.loads((Path(directory) / FILE_NAME).read_text()))
+        return cls(**json.loads((Path(directory) / FILE_NAME).read_text(encoding="utf-8")))

@@ -166,6 +166,6 @@ class JanusPipeline:
 
 def _manifest_weights(model_dir: Path) -> str:
     try:
-        return str(json.loads((model_dir / "manifest.json").read_text())["weights"])
+        return str(json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))["weights"])
     except (OSError, ValueError, KeyError, TypeError):
         return "unknown"

@@ -16,4 +16,7 @@ fi
 
 # No test may reach the Hub: everything runs on tiny models the suite builds itself.
 export HF_HUB_DISABLE_TELEMETRY=1
+# Our machines and CI may run in the C locale; the suite itself reads and writes UTF-8 explicitly,
+# and this keeps the tools it runs (pip, subprocesses) on UTF-8 as well.
+export PYTHONIOENCODING=utf-8
 exec python3 -m pytest tests -ra --timeout=900 "$@"

@@ -51,7 +51,7 @@ def start_app(cache_dir: Path, log_path: Path, *extra: str):
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.close()
-            pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text(encoding='utf-8')[-4000:]}")
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
@@ -59,7 +59,7 @@ def start_app(cache_dir: Path, log_path: Path, *extra: str):
         except OSError:
             time.sleep(1)
     stop_app(proc)
-    pytest.fail(f"app.py did not serve within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+    pytest.fail(f"app.py did not serve within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text(encoding='utf-8')[-4000:]}")
 
 
 def stop_app(proc):
@@ -292,7 +292,7 @@ def test_failed_load_ends_with_one_clear_message(tmp_path):
     missing = tmp_path / "no-such-model"
     run = subprocess.run([sys.executable, str(REPO / "app.py"), "--model", str(missing), "--cache-dir",
                           str(tmp_path / "cache"), "--port", str(free_port())],
-                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 1
     assert "Traceback" not in run.stderr + run.stdout
@@ -306,7 +306,7 @@ def test_failed_load_ends_with_one_clear_message(tmp_path):
     (["--auth", "nopassword"], {}, "USER:PASSWORD"),
 ])
 def test_bad_settings_are_reported_before_loading(argv, env, words):
-    run = subprocess.run([sys.executable, str(REPO / "app.py"), *argv], cwd=REPO, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, str(REPO / "app.py"), *argv], cwd=REPO, capture_output=True, encoding="utf-8", errors="replace",
                          timeout=120, env={**os.environ, **env})
     assert run.returncode == 2
     assert words in run.stderr and "Traceback" not in run.stderr

@@ -90,12 +90,12 @@ def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--model-dir", str(tiny_model_dir), "--out", str(out),
            "--cache-dir", str(tmp_path / "cache"), "--note", "test run"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (json_path,) = out.glob("*.json")
     (md_path,) = out.glob("*.md")
     assert json_path.stem == md_path.stem and json_path.stem.endswith("-quick")
-    res = json.loads(json_path.read_text())
+    res = json.loads(json_path.read_text(encoding="utf-8"))
 
     errors = [p for p, _ in _walk(res) if p.endswith("/error")]
     assert not errors, [res_path for res_path in errors]
@@ -127,6 +127,6 @@ def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
     assert res["summary"]["ratios"]["int4_vs_pytorch_fp32"]["decode_speedup"] > 0
     assert res["total_s"] > 0
 
-    md = md_path.read_text()
+    md = md_path.read_text(encoding="utf-8")
     for text in ("| engine |", "| openvino-int4 |", "| pytorch-fp32 |", "GB/s", "test run", m["cpu"], "Targets"):
         assert text in md

@@ -42,7 +42,7 @@ def _env(**extra):
 
 def start_load(model, cache_dir, weights="fp32", **env):
     return subprocess.Popen([sys.executable, "-c", _LOAD_SCRIPT, str(model), weights, str(cache_dir or "")],
-                            env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
 
 
 def finish(proc, timeout=600):
@@ -96,7 +96,7 @@ def copy_cache(built, tmp_path) -> Path:
 
 
 def manifest(entry: Path) -> dict:
-    return json.loads((entry / "manifest.json").read_text())
+    return json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture
@@ -287,7 +287,7 @@ def exported(built, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "tiny-fp32"
     proc = subprocess.run([sys.executable, "-m", "janus_ov", "export", "--model", str(tiny_model_dir), "--weights",
                            "fp32", "--output", str(out), "--cache-dir", str(built["root"])],
-                          env=_env(), capture_output=True, text=True, timeout=600)
+                          env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -303,7 +303,7 @@ def test_export_refuses_a_non_empty_output(built, tiny_model_dir, exported):
     out, _ = exported
     proc = subprocess.run([sys.executable, "-m", "janus_ov", "export", "--model", str(tiny_model_dir), "--weights",
                            "fp32", "--output", str(out), "--cache-dir", str(built["root"])],
-                          env=_env(), capture_output=True, text=True, timeout=600)
+                          env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 1 and "already exists and is not empty" in proc.stderr and "--force" in proc.stderr
     assert "Traceback" not in proc.stderr and verify(out, out.parent / "stamps") is None
 

@@ -185,7 +185,7 @@ print(json.dumps({{"text": text, "size": list(images[0].size),
                   "loaded": sorted(m for m in ("torch", "transformers") if m in sys.modules)}}))
 """
     env = {**os.environ, "JANUS_OV_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["loaded"] == [] and result["size"] == [384, 384] and result["text"]

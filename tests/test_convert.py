@@ -90,7 +90,7 @@ def test_model_info_and_tokenizer_come_from_the_checkpoint(tiny_ir_fp32, tiny_mo
     assert (info.hidden_size, info.vocab_size) == (text.hidden_size, text.vocab_size)
     assert info.codebook_size == torch_model.config.vq_config.num_embeddings
     assert info.num_image_tokens == 576 and info.image_size == 384 and info.min_size == 14
-    processor = json.loads((tiny_model_dir / "processor_config.json").read_text())["image_processor"]
+    processor = json.loads((tiny_model_dir / "processor_config.json").read_text(encoding="utf-8"))["image_processor"]
     assert info.image_mean == processor["image_mean"] and info.image_std == processor["image_std"]
     assert info.rescale_factor == pytest.approx(processor["rescale_factor"])
     assert info.background_color == processor["background_color"]

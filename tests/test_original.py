@@ -74,7 +74,7 @@ def test_supported_models_list():
 
 def full_size_config() -> dict:
     """Janus-1.3B's config.json: the fixture's, with the real language model (DeepSeek-LLM 1.3B)."""
-    config = json.loads((TINY_ST / "config.json").read_text())
+    config = json.loads((TINY_ST / "config.json").read_text(encoding="utf-8"))
     config["language_config"] = {"hidden_size": 2048, "intermediate_size": 5632, "max_position_embeddings": 16384,
                                  "model_type": "llama", "num_attention_heads": 16, "num_hidden_layers": 24,
                                  "num_key_value_heads": 16, "torch_dtype": "bfloat16", "vocab_size": 102400}
@@ -84,7 +84,7 @@ def full_size_config() -> dict:
 def test_full_size_janus_1_3b_maps_onto_transformers_janus():
     from transformers import JanusForConditionalGeneration
 
-    shapes = {k: tuple(v["shape"]) for k, v in json.loads(FULL_PARAMS.read_text()).items()}
+    shapes = {k: tuple(v["shape"]) for k, v in json.loads(FULL_PARAMS.read_text(encoding="utf-8")).items()}
     assert len(shapes) == 882
     ids = {"bos": 100000, "eos": 100001, "pad": 100002, "image": 100581, "boi": 100016, "eoi": 100593}
     config = original.build_config(full_size_config(), shapes, ids)
@@ -265,7 +265,7 @@ def test_prompt_style_from_hub_cache_path_and_name(tmp_path):
 
 def test_follows_preprocessor_config(tmp_path):
     model_dir = copy_checkpoint(tmp_path)
-    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+    pre = json.loads((model_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
     pre.update(do_normalize=False, image_mean=[0.48145466, 0.4578275, 0.40821073], min_size=20)
     del pre["background_color"]  # DeepSeek's processor derives it from image_mean
     (model_dir / "preprocessor_config.json").write_text(json.dumps(pre))
@@ -278,7 +278,7 @@ def test_adds_bos_when_tokenizer_file_does_not(tmp_path):
     from tokenizers import Tokenizer
 
     model_dir = copy_checkpoint(tmp_path)
-    data = json.loads((model_dir / "tokenizer.json").read_text())
+    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     data["post_processor"] = None
     (model_dir / "tokenizer.json").write_text(json.dumps(data))
     assert Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode("hi").ids[0] != 353
@@ -375,7 +375,7 @@ def test_tokenizer_from_other_model_is_refused(tmp_path):
 
 def test_private_language_config_keys_are_ignored(tmp_path):
     model_dir = copy_checkpoint(tmp_path)
-    config = json.loads((model_dir / "config.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     config["language_config"]["_attn_implementation"] = "flash_attention_2"  # not available on CPU
     (model_dir / "config.json").write_text(json.dumps(config))
     model, _, _ = original.load_parts(model_dir, dtype="float32")

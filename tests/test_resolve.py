@@ -39,7 +39,7 @@ def run_resolve(models, hf_home, **env):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     full_env.update(HF_HOME=str(hf_home), HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(REPO), **env)
     proc = subprocess.run([sys.executable, "-c", _RESOLVE_SCRIPT, *models], env=full_env, capture_output=True,
-                          text=True, timeout=300)
+                          encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
@@ -204,7 +204,7 @@ def test_export_cli_reports_bad_models_in_one_paragraph(model, expected, tmp_pat
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "janus_ov", "export", "--model", model, "--output",
                            str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and expected in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
