@@ -26,11 +26,11 @@ from pathlib import Path
 import gradio as gr
 
 from janus_ov.errors import JanusError
+from janus_ov.original import SUPPORTED_MODELS as MODELS
 from janus_ov.parts import WEIGHT_FORMATS
+from janus_ov.resolve import DEFAULT_MODEL
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-MODELS = ("deepseek-ai/Janus-Pro-1B", "deepseek-ai/Janus-Pro-7B", "deepseek-ai/Janus-1.3B",
-          "deepseek-community/Janus-Pro-1B", "deepseek-community/Janus-Pro-7B")
 MAX_SEED = 2**31 - 1
 CHAT_CONCURRENCY = 2  # chats are light: two can share the CPU
 IMAGE_CONCURRENCY = 1  # an image run already keeps every core busy
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(description="Janus Studio: multimodal chat and text-to-image on OpenVINO.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=env("JANUS_MODEL", MODELS[0]), metavar="ID|PATH",
+    p.add_argument("--model", default=env("JANUS_MODEL", DEFAULT_MODEL), metavar="ID|PATH",
                    help="Hub id (optionally id@revision) or local directory; supported: " + ", ".join(MODELS)
                    + " [env JANUS_MODEL]")
     p.add_argument("--weights", default=env("JANUS_WEIGHTS", "int4"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import ModelNotFoundError
 
-DEFAULT_MODEL = "deepseek-community/Janus-Pro-1B"
+DEFAULT_MODEL = "deepseek-ai/Janus-Pro-1B"  # the Janus most users know; original format (original.py)
 MANIFEST = "manifest.json"  # present in a folder that already holds a converted model (see cache.py)
 
 # Small files describing a checkpoint (or an export); fetched first, and hashed fully for local dirs.
@@ -83,7 +83,7 @@ def _janus_checkpoint_problem(path: Path) -> str | None:
     if not config.is_file():
         return "it has no config.json"
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (ValueError, UnicodeDecodeError) as e:
         return f"its config.json is not valid JSON ({e})"
     if model_type not in JANUS_MODEL_TYPES:
@@ -135,7 +135,7 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool, fetch_weigh
     sha = snapshot.name  # snapshot folders are named after the resolved commit
     manifest = snapshot / MANIFEST
     if manifest.is_file():
-        patterns = sorted(json.loads(manifest.read_text()).get("files", {}))
+        patterns = sorted(json.loads(manifest.read_text(encoding="utf-8")).get("files", {}))
     else:
         problem = _janus_checkpoint_problem_meta(snapshot)
         if problem:
