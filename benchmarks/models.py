@@ -133,10 +133,9 @@ def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = N
                        force: bool = False) -> Path:
     """Build (or reuse) a full-size random-weight checkpoint; returns its directory."""
     import torch
-    from transformers import (GenerationConfig, JanusForConditionalGeneration, JanusImageProcessorPil,
-                              JanusProcessor, PreTrainedTokenizerFast)
+    from transformers import GenerationConfig, JanusForConditionalGeneration
 
-    from janus_ov.tiny import BOI, BOS, CHAT_TEMPLATE, EOI, EOS, IMAGE_TOKEN, PAD, SPECIAL_TOKENS
+    from janus_ov.tiny import BOI, BOS, EOS, PAD, save_processor
 
     if name not in SHAPES:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(SHAPES)}")
@@ -147,16 +146,7 @@ def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = N
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    raw = build_tokenizer()
-    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=16384,
-        extra_special_tokens={"image_token": IMAGE_TOKEN, "boi_token": BOI, "eoi_token": EOI},
-    )
-    image_processor = JanusImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
-                                             image_std=[0.5] * 3, min_size=14)
-    JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
-                   use_default_system_prompt=True).save_pretrained(output)
+    ids = save_processor(build_tokenizer(), output)
 
     config = build_config(name, ids)
     with torch.device("meta"):
@@ -180,7 +170,7 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     args = parser.parse_args(argv)
     path = build_random_model(args.model, args.output, seed=args.seed, force=args.force)
-    print(json.dumps({"model_dir": str(path), **json.loads((path / "build.json").read_text())}))
+    print(json.dumps({"model_dir": str(path), **json.loads((path / "build.json").read_text(encoding="utf-8"))}))
 
 
 if __name__ == "__main__":

@@ -104,26 +104,30 @@ def build_config(vocab_size: int, image_token_id: int, pad_id: int, bos_id: int,
                        tie_word_embeddings=False)  # real Janus has a separate lm_head
 
 
-def build_tiny_model(output: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Janus checkpoint (config, bf16 weights, tokenizer, processor) to `output`."""
-    import torch
-    from transformers import (JanusForConditionalGeneration, JanusImageProcessorPil, JanusProcessor,
-                              PreTrainedTokenizerFast)
+def save_processor(raw_tokenizer, output: Path) -> dict:
+    """Save tokenizer + JanusProcessor files as the real checkpoints ship them; return special-token ids."""
+    from transformers import JanusImageProcessorPil, JanusProcessor, PreTrainedTokenizerFast
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    raw = build_tokenizer()
-    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=16384,
+        tokenizer_object=raw_tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=16384,
         extra_special_tokens={"image_token": IMAGE_TOKEN, "boi_token": BOI, "eoi_token": EOI},
     )
     image_processor = JanusImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
                                              image_std=[0.5] * 3, min_size=14)
-    processor = JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
-                               use_default_system_prompt=True)
-    processor.save_pretrained(output)
+    JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+                   use_default_system_prompt=True).save_pretrained(output)
+    return {t: raw_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
 
+
+def build_tiny_model(output: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Janus checkpoint (config, bf16 weights, tokenizer, processor) to `output`."""
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    raw = build_tokenizer()
+    ids = save_processor(raw, output)
     config = build_config(raw.get_vocab_size(), ids[IMAGE_TOKEN], ids[PAD], ids[BOS], ids[EOS])
     torch.manual_seed(seed)
     # Real weights have std ~0.02; larger random weights give logits with some spread,
