@@ -38,34 +38,12 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     """The tiny model's byte-level BPE, padded with filler words to the real vocabulary size.
 
     Random weights emit any id in [0, vocab_size); every one must decode to text, as with the
-    real tokenizer. Fillers look like " w123" (ASCII, so streamed decoding never waits for
-    more bytes) and have no merges, so encoding text never produces them. Special tokens go
-    last, so their ids differ from the real ones (which does not affect speed).
+    real tokenizer. Special tokens go last, so their ids differ from the real ones (which does
+    not affect speed).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from janus_ov.tiny import build_tokenizer as tiny_tokenizer
 
-    from janus_ov.tiny import _CORPUS, BOS, SPECIAL_TOKENS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    spec = json.loads(tok.to_str())
-    vocab = spec["model"]["vocab"]
-    n_base = vocab_size - len(SPECIAL_TOKENS)
-    i = 0
-    while len(vocab) < n_base:
-        vocab.setdefault(f"\u0120w{i}", len(vocab))  # \u0120 is byte-level BPE's space
-        i += 1
-    tok = Tokenizer.from_str(json.dumps(spec))
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    assert tok.get_vocab_size() == vocab_size, tok.get_vocab_size()
-    bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
-                                                       special_tokens=[(BOS, bos_id)])
-    return tok
+    return tiny_tokenizer(pad_to=vocab_size)
 
 
 def build_config(name: str, ids: dict):

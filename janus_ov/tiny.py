@@ -71,8 +71,13 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer():
-    """A small byte-level BPE (like DeepSeek's) with Janus's special tokens appended."""
+def build_tokenizer(pad_to: int | None = None):
+    """A small byte-level BPE (like DeepSeek's) with Janus's special tokens appended.
+
+    `pad_to` pads the vocabulary with filler words (" w0", " w1", ...) to that many entries, so a
+    full-size random model (vocab 102400) can emit any id and still decode to text. Fillers are
+    ASCII and have no merges: encoding real text never produces them.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -81,6 +86,12 @@ def build_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    if pad_to is not None:
+        spec = json.loads(tok.to_str())
+        vocab = spec["model"]["vocab"]
+        for i in range(pad_to - len(SPECIAL_TOKENS) - len(vocab)):
+            vocab[f"\u0120w{i}"] = len(vocab)  # \u0120 is byte-level BPE's space
+        tok = Tokenizer.from_str(json.dumps(spec))
     tok.add_special_tokens(SPECIAL_TOKENS)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
