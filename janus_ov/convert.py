@@ -120,26 +120,18 @@ def release(model, name: str, remaining=()) -> None:
 
 
 def _drop_pages(tensor) -> None:
-    """madvise(DONTNEED) the whole pages inside a tensor we will never read again.
+    """Drop the whole pages inside a tensor we will never read again from our RSS.
 
     transformers memory-maps the safetensors file: every page a part's conversion read stays
     in our RSS until the file is unmapped, which happens only when *all* its tensors are gone.
     Dropping the pages one part at a time keeps peak RSS near the largest part instead of the
     whole checkpoint. Only pages wholly inside this tensor are touched, so neighbours are safe.
     """
-    import ctypes
-    import mmap
-    import sys
+    from .memory import dontneed
 
-    if not sys.platform.startswith("linux") or tensor.numel() == 0:
-        return
-    page = mmap.PAGESIZE
-    start = tensor.data_ptr()
-    end = start + tensor.numel() * tensor.element_size()
-    first, last = -(-start // page) * page, end // page * page
-    if last > first:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # 4 = MADV_DONTNEED
+    if tensor.numel():
+        start = tensor.data_ptr()
+        dontneed(start, start + tensor.numel() * tensor.element_size())
 
 
 # ---------------------------------------------------------------------------------------------

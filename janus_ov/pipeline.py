@@ -42,6 +42,8 @@ class JanusPipeline:
         self.tokenizer = JanusTokenizer.from_dir(self.model_dir)
         self.device = device
         self.weights = weights or _manifest_weights(self.model_dir)
+        if self.weights == "fp32":  # asked for full precision: no bf16 arithmetic on CPUs that have it
+            ov_config = {"INFERENCE_PRECISION_HINT": "f32", **(ov_config or {})}
         self.runtime = Runtime(self.model_dir, device, ov_config, compile_cache_dir, max_concurrency)
         self.last_stats: dict = {}
 

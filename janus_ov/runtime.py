@@ -8,12 +8,20 @@ their activation buffers are the largest, so sharing them keeps memory flat as t
 
 All calls share memory with OpenVINO both ways (`share_inputs`, `share_outputs`): outputs are
 numpy views of the request's own output tensors, valid until that request runs again.
+
+Warm-up: the first inference of each part pays OpenVINO's one-off costs (the CPU plugin repacks
+weights into its kernels' layout and JIT-compiles them: ~4 s for a 1B language model). The
+runtime pays them once, in a background thread started at load, so the app serves at once and
+its first request is as fast as later ones (a request that arrives earlier waits for it). After
+that the memory-mapped IR weights the plugin has copied are dropped from the process (see
+memory.py): they stay on disk and in the page cache, not twice in our RSS.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +30,7 @@ import numpy as np
 import openvino as ov
 
 from .errors import ModelNotFoundError
+from .memory import drop_mapped_pages
 from .parts import PARTS
 
 # Parts each request gets its own infer request for (called at every generation step).
@@ -135,8 +144,9 @@ class Runtime:
     """The compiled parts of one converted model plus a pool of at most `max_concurrency` contexts."""
 
     def __init__(self, model_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
-                 cache_dir: str | Path | None = None, max_concurrency: int = 2):
-        """cache_dir: OpenVINO's compiled-model cache (CACHE_DIR); None = no cache."""
+                 cache_dir: str | Path | None = None, max_concurrency: int = 2, warm_up: bool = True):
+        """cache_dir: OpenVINO's compiled-model cache (CACHE_DIR); None = no cache.
+        warm_up: run every part once in a background thread (see the module docstring)."""
         self.model_dir = Path(model_dir)
         missing = [p for p in PARTS if not (self.model_dir / f"{p}.xml").is_file()]
         if missing:
@@ -157,6 +167,30 @@ class Runtime:
         self._created = 0
         self._max = max_concurrency
         self._lock = threading.Lock()
+        self._warm = threading.Event()
+        self.warm_up_s: float | None = None
+        if warm_up:
+            threading.Thread(target=self._warm_up, name="janus-ov-warm-up", daemon=True).start()
+        else:
+            self._warm.set()
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Block until the warm-up is over (True), or `timeout` seconds pass (False)."""
+        return self._warm.wait(timeout)
+
+    def _warm_up(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            ctx = self._take()
+            try:
+                warm_up_parts(ctx, after_each=lambda: drop_mapped_pages([self.model_dir, self.config.get("CACHE_DIR")]))
+            finally:
+                self._free.put(ctx)
+        except Exception as err:  # noqa: BLE001 - a real request will meet (and report) the same problem
+            print(f"janus_ov: warm-up failed ({type(err).__name__}: {err}); the first request will be slower.")
+        finally:
+            self.warm_up_s = time.perf_counter() - t0
+            self._warm.set()
 
     def run_shared(self, part: str, inputs: dict) -> np.ndarray:
         request, lock = self._shared[part]
@@ -165,7 +199,8 @@ class Runtime:
 
     @contextmanager
     def context(self):
-        """Borrow a context (blocks while `max_concurrency` requests are running)."""
+        """Borrow a context (blocks while `max_concurrency` requests are running, or the warm-up)."""
+        self._warm.wait()
         ctx = self._take()
         try:
             yield ctx
@@ -191,3 +226,25 @@ class Runtime:
                     self._created -= 1
                 raise
         return self._free.get()
+
+
+def warm_up_parts(ctx: Context, after_each=lambda: None) -> None:
+    """One small inference of every part, with the batch and length kinds real requests use
+    (a multi-token prefill and a one-token step of the language model), then a clean state.
+    `after_each()` runs after each part (the runtime drops the pages that part no longer needs
+    there, so peak memory holds one part's mapped weights at a time, not all of them)."""
+    compiled = ctx.runtime.compiled
+    hidden = compiled["lm_head"].input(0).get_partial_shape()[2].get_length()
+    size = compiled["vision"].input(0).get_partial_shape()[2].get_length()
+    tokens = compiled["vq_decoder"].input(0).get_partial_shape()[1].get_length()
+    ids, mask, beam_idx = np.zeros((2, 2), np.int64), np.ones((2, 3), np.int64), np.arange(2, dtype=np.int32)
+    ctx.reset()
+    ctx.language_model(ctx.embed_text(ids), mask[:, :2], np.tile(np.arange(2), (2, 1)), beam_idx)
+    step = np.array(ctx.language_model(ctx.embed_image_tokens(ids[:, :1]), mask, np.full((2, 1), 2), beam_idx))
+    ctx.reset()
+    after_each()
+    for run in (lambda: ctx.lm_head(step[:1]), lambda: ctx.gen_head(step.reshape(2, hidden), np.array(1.0, np.float32)),
+                lambda: ctx.vision(np.zeros((1, 3, size, size), np.float32)),
+                lambda: ctx.vq_decode(np.zeros((1, tokens), np.int64))):
+        run()
+        after_each()

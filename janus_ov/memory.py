@@ -1,0 +1,67 @@
+"""Giving back memory the process no longer needs (Linux; elsewhere a no-op).
+
+OpenVINO memory-maps each IR's `.bin` (and compiled-cache blobs) and reads the weights from
+there; on the first inference the CPU plugin copies most of them into its kernels' own layout.
+From then on the mapped pages are not read again, but they still count in our RSS, so a loaded
+model looks twice its size. Those mappings are read-only views of files: dropping their pages
+(madvise MADV_DONTNEED) loses nothing -- a later read faults the page back in from the page
+cache or the file. That is all this module does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+MADV_DONTNEED = 4
+
+
+def dontneed(start: int, end: int) -> bool:
+    """madvise(MADV_DONTNEED) the whole pages inside [start, end); False where not possible."""
+    import mmap
+
+    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if not sys.platform.startswith("linux") or last <= first:
+        return False
+    return _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED) == 0
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def drop_mapped_pages(dirs) -> int:
+    """Drop this process's pages of read-only file mappings of files below `dirs`; returns bytes unmapped
+    from RSS at most (the size of the ranges advised). Writable mappings are never touched."""
+    roots = [str(Path(d).resolve()) + "/" for d in dirs if d]
+    if not sys.platform.startswith("linux") or not roots:
+        return 0
+    return sum(end - start for start, end in _read_only_file_ranges(roots) if dontneed(start, end))
+
+
+def _read_only_file_ranges(roots: list[str]):
+    """(start, end) of mappings in /proc/self/maps that are read-only and map a file below a root."""
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or "w" in fields[1]:
+                continue
+            path = fields[5].strip()
+            if any(path.startswith(root) for root in roots):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                yield start, end
+
+
+def mapped_rss(dirs) -> int:
+    """Bytes of this process's RSS that are pages of files mapped from below `dirs` (for tests and benchmarks)."""
+    roots = [str(Path(d).resolve()) + "/" for d in dirs if d]
+    total, inside = 0, False
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=5)
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                inside = len(head) == 6 and any(head[5].strip().startswith(r) for r in roots)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total

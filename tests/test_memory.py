@@ -1,0 +1,55 @@
+"""Warm-up at load and giving back the memory-mapped IR weights the CPU plugin has copied."""
+
+from __future__ import annotations
+
+import mmap
+import sys
+
+import numpy as np
+import pytest
+
+from janus_ov.memory import drop_mapped_pages, mapped_rss
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+
+
+def test_dropped_pages_leave_rss_and_read_back_unchanged(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path = tmp_path / "weights.bin"
+    data.tofile(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+        mapped = np.frombuffer(view, np.uint8)
+        assert int(mapped.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # touch every page
+        assert mapped_rss([tmp_path]) >= 7 << 20
+        assert drop_mapped_pages([tmp_path]) >= 8 << 20
+        assert mapped_rss([tmp_path]) < 1 << 20
+        assert np.array_equal(mapped, data)  # faulted back in from the file, same bytes
+        del mapped
+
+
+def test_writable_mappings_are_never_dropped(tmp_path):
+    path = tmp_path / "scratch.bin"
+    path.write_bytes(bytes(4 << 20))
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE) as view:
+        view[:4] = b"keep"  # a private copy-on-write page: dropping it would lose this
+        assert drop_mapped_pages([tmp_path]) == 0
+        assert view[:4] == b"keep"
+
+
+def test_pipeline_warms_up_in_the_background_and_returns_the_mapped_weights(tiny_ir_fp32, tmp_path):
+    from janus_ov.pipeline import JanusPipeline
+
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    cold = JanusPipeline(tiny_ir_fp32, ov_config={"INFERENCE_PRECISION_HINT": "f32"}, compile_cache_dir=tmp_path)
+    # A request sent at once waits for the warm-up, and the warm-up leaves no state behind.
+    first = cold.chat(messages, max_new_tokens=12)
+    assert cold.runtime.wait_warm(timeout=0) and cold.runtime.warm_up_s > 0
+    assert cold.chat(messages, max_new_tokens=12) == first
+    weights = sum(p.stat().st_size for p in tiny_ir_fp32.glob("*.bin"))
+    assert mapped_rss([tiny_ir_fp32, tmp_path]) < 0.1 * weights
+
+    # Second launch compiles from OpenVINO's cache (blobs mapped from tmp_path): same answer, same release.
+    warm = JanusPipeline(tiny_ir_fp32, ov_config={"INFERENCE_PRECISION_HINT": "f32"}, compile_cache_dir=tmp_path)
+    assert warm.runtime.wait_warm(timeout=300)
+    assert mapped_rss([tiny_ir_fp32, tmp_path]) < 0.1 * weights
+    assert warm.chat(messages, max_new_tokens=12) == first
