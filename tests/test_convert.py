@@ -250,7 +250,7 @@ def test_lm_fp16_export_within_tolerance(torch_model, tiny_ir_fp16):
 # Compressed exports (int4 default, int8): they run and stay within stated tolerances.
 # Tiny-model tolerances (random weights amplify quantization noise far more than trained ones):
 # - parts kept in fp16 by the plan: relative error <= FP16_TOL;
-# - INT8 parts (lm_head, gen_head, text_embeddings): relative error <= 2e-2 (measured <= 0.009);
+# - INT8 parts (lm_head, gen_head, text_embeddings, vision): relative error <= 2e-2 (measured <= 0.011);
 # - language model, logits through the fp32 lm_head, cosine similarity to PyTorch's:
 #   INT8 mean >= 0.99 (measured 0.999), INT4 mean >= 0.85 (measured 0.91; argmax agreement 0.48 -
 #   a 2-layer random model with int4 noise is that chaotic, a trained model is far less).
@@ -303,7 +303,7 @@ def test_compressed_language_model_stays_close(fmt, torch_model, request):
     assert lm_logit_cosine(ir_dir, torch_model) >= LM_COSINE[fmt]
 
 
-def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16, tiny_ir_fp32):
+def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16, tiny_ir_fp32, torch_model):
     from janus_ov.compress import weight_types
 
     def types(ir_dir, name):
@@ -315,7 +315,13 @@ def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16, 
     assert types(tiny_lm_int8, "language_model").get("u8", 0) >= 0.95
     for name in ("lm_head", "gen_head", "text_embeddings"):
         assert types(tiny_ir_int4, name).get("u8", 0) >= 0.95, name
-    for name in ("vision", "vq_decoder", "gen_embeddings"):
+    # Vision: every matmul and the patch convolution INT8 (with fp16 per-channel scales); only the
+    # position table stays fp16 (0.2 % of the full-size encoder's weights, a quarter of the tiny one's).
+    float_tables = [op.get_output_shape(0) for op in CORE.read_model(tiny_ir_int4 / "vision.xml").get_ops()
+                    if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.f16
+                    and len(op.get_output_shape(0)) >= 2 and op.get_output_shape(0)[1] > 1]
+    assert float_tables == [list(torch_model.model.vision_model.embeddings.position_embedding.weight.shape)]
+    for name in ("vq_decoder", "gen_embeddings"):
         assert types(tiny_ir_int4, name).get("f16", 0) >= 0.95, name
     for name in parts.PARTS:
         assert types(tiny_ir_fp16, name).get("f16", 0) >= 0.95, name
