@@ -113,6 +113,7 @@ def summarize(res: dict) -> dict:
             "convert_cached": _get(ov, "convert", "cached"),
             "ready_first_s": _get(ov, "warm_start", "first", "ready_s"),
             "ready_s": _median(r.get("ready_s") for r in _get(ov, "warm_start", "runs") or []),
+            "warm_s": _median(r.get("warm_s") for r in _get(ov, "warm_start", "runs") or []),
             "ttft_s": chat.get("ttft_s_median"),
             "prompt_tokens": chat.get("prompt_tokens_median"),
             "decode_tok_s": chat.get("decode_tok_s_median"),
@@ -230,7 +231,7 @@ def markdown(res: dict) -> str:
         f"prompt tokens as shown, {res['settings']['new_tokens']} forced new tokens, greedy. Images: 576 CFG steps "
         f"+ VQ decode.",
         "",
-        "| engine | convert s (peak GiB) | ready s | TTFT s (prompt) | decode tok/s (bound, % of bound) "
+        "| engine | convert s (peak GiB) | ready s (warm s) | TTFT s (prompt) | decode tok/s (bound, % of bound) "
         "| 1 image s | 4 images s (× of 1) | image steps/s (bound) | VQ decode s | peak RSS serving GiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -245,7 +246,7 @@ def markdown(res: dict) -> str:
             decode += " (stopped early)"
         steps = f"{_f(r.get('steps_per_s'), '{:.2f}')} ({_f(r.get('steps_bound_per_s'))})"
         lines.append(
-            f"| {name} | {convert} | {_f(r.get('ready_s'), '{:.2f}')} | "
+            f"| {name} | {convert} | {_f(r.get('ready_s'), '{:.2f}')} ({_f(r.get('warm_s'), '{:.1f}')}) | "
             f"{_f(r.get('ttft_s'), '{:.2f}')} ({_f(r.get('prompt_tokens'), '{:.0f}')}) | {decode} | "
             f"{_f(r.get('image1_s'))} | {_f(r.get('image4_s'))} ({_f(r.get('image4_over_1'), '{:.2f}')}) | {steps} | "
             f"{_f(r.get('vq_decode_s'), '{:.2f}')} | {_f(r.get('peak_rss_serving_gib'), '{:.2f}')} |")
