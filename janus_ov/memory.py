@@ -11,6 +11,7 @@ cache or the file. That is all this module does.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from pathlib import Path
 
@@ -27,14 +28,20 @@ def dontneed(start: int, end: int) -> bool:
     return _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED) == 0
 
 
+@functools.cache
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
+
+
+def _roots(dirs) -> list[str]:
+    """Folder prefixes to match mapped paths against (resolved, as /proc shows them)."""
+    return [str(Path(d).resolve()) + "/" for d in dirs if d]
 
 
 def drop_mapped_pages(dirs) -> int:
     """Drop this process's pages of read-only file mappings of files below `dirs`; returns bytes unmapped
     from RSS at most (the size of the ranges advised). Writable mappings are never touched."""
-    roots = [str(Path(d).resolve()) + "/" for d in dirs if d]
+    roots = _roots(dirs)
     if not sys.platform.startswith("linux") or not roots:
         return 0
     return sum(end - start for start, end in _read_only_file_ranges(roots) if dontneed(start, end))
@@ -55,7 +62,7 @@ def _read_only_file_ranges(roots: list[str]):
 
 def mapped_rss(dirs) -> int:
     """Bytes of this process's RSS that are pages of files mapped from below `dirs` (for tests and benchmarks)."""
-    roots = [str(Path(d).resolve()) + "/" for d in dirs if d]
+    roots = _roots(dirs)
     total, inside = 0, False
     with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
         for line in smaps:
