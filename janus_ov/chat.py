@@ -1,7 +1,7 @@
 """Multimodal chat: the token loop on the OpenVINO parts, exactly the reference algorithm.
 
 prompt ids -> text embeddings, with the vision part's image embeddings scattered in at the
-<image_placeholder> positions -> one prefill call of the stateful language model -> lm_head on
+<image_placeholder> positions -> one prefill call of the language model -> lm_head on
 the last position -> sample -> single-token steps until EOS or max_new_tokens.
 
 Per decode step: three OpenVINO calls (text_embeddings, language_model, lm_head) on one-token
@@ -46,16 +46,12 @@ def generate_tokens(ctx: Context, info: ModelInfo, input_ids: np.ndarray, pixel_
     stats = {} if stats is None else stats
     t0 = time.perf_counter()
     n_prompt = len(input_ids)
-    # Buffers for the whole request, allocated once.
-    mask = np.ones((1, n_prompt + max_new_tokens), np.int64)
-    position = np.zeros((1, 1), np.int64)
-    token = np.zeros((1, 1), np.int64)
-    beam_idx = np.zeros(1, np.int32)
+    token = np.zeros((1, 1), np.int64)  # the step's input, reused
 
-    ctx.reset()
+    ctx.start([n_prompt + max_new_tokens])
     embeds = prompt_embeddings(ctx, info, np.asarray(input_ids, np.int64), pixel_values)
-    hidden = ctx.language_model(embeds, mask[:, :n_prompt], np.arange(n_prompt, dtype=np.int64)[None], beam_idx)
-    logits = ctx.lm_head(hidden[:, -1:, :])  # only the last position: [1,1,V], not [1,T,V]
+    hidden = ctx.language_model(embeds[0], [n_prompt])  # [1,H]: the last position only
+    logits = ctx.lm_head(hidden[None])  # [1,1,V], not [1,T,V]
     next_id = sampler(logits[0, 0])
     stats.update(prompt_tokens=n_prompt, time_to_first_token_s=time.perf_counter() - t0, new_tokens=0)
     t1 = time.perf_counter()
@@ -68,9 +64,8 @@ def generate_tokens(ctx: Context, info: ModelInfo, input_ids: np.ndarray, pixel_
         if n == max_new_tokens or (stop_event is not None and stop_event.is_set()):
             break
         token[0, 0] = next_id
-        position[0, 0] = n_prompt + n - 1
-        hidden = ctx.language_model(ctx.embed_text(token), mask[:, :n_prompt + n], position, beam_idx)
-        next_id = sampler(ctx.lm_head(hidden)[0, 0])
+        hidden = ctx.language_model(ctx.embed_text(token)[0])
+        next_id = sampler(ctx.lm_head(hidden[None])[0, 0])
     decode_s = time.perf_counter() - t1
     steps = max(stats["new_tokens"] - 1, 0)  # the first token came from the prefill
     stats.update(decode_s=decode_s, decode_tokens_per_s=steps / decode_s if decode_s > 0 and steps else 0.0,

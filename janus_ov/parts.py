@@ -16,10 +16,12 @@ V = text vocabulary, K = image codebook size (16384 in real checkpoints).
 |                 | unconditional rows), cfg_weight f32 []                          |  = uncond + w * (cond - uncond)       |
 | vq_decoder      | image_ids i64 [N,576]                                           | images f32 [N,3,384,384] (about -1..1)|
 
-The language model keeps its KV cache as OpenVINO state (one state per layer for keys and
-one for values). `reset_state()` on its infer request starts a new sequence; `beam_idx`
+The language model's IR keeps its KV cache as OpenVINO state (one state per layer for keys and
+one for values): `reset_state()` on its infer request starts a new sequence; `beam_idx`
 gathers the cached rows at every call, so passing `arange(B)` keeps them and a permutation
-reorders them. Batch and lengths are dynamic everywhere.
+reorders them. That is the portable form on disk; at run time the runtime rewrites it into a
+PagedAttention model with a cache it owns (kv_cache.py), which is faster on CPU.
+Batch and lengths are dynamic everywhere.
 """
 
 PARTS = ("vision", "text_embeddings", "language_model", "lm_head", "gen_embeddings", "gen_head", "vq_decoder")

@@ -30,6 +30,7 @@ import numpy as np
 import openvino as ov
 
 from .errors import ModelNotFoundError
+from .kv_cache import PagedKVCache, compile_paged
 from .memory import drop_mapped_pages
 from .parts import PARTS
 
@@ -82,6 +83,7 @@ class Context:
         self._dtypes = {name: {p.get_any_name(): p.get_element_type().to_dtype() for p in runtime.compiled[name].inputs}
                         for name in PER_REQUEST}
         self._bound = {name: {} for name in PER_REQUEST}  # input -> (caller's array or None, array the tensor uses)
+        self.kv = PagedKVCache(self.req["language_model"], runtime.device)
 
     # -- per-request parts: return views into this context's output tensors --
 
@@ -112,14 +114,21 @@ class Context:
         """image_ids i64 [B,T] -> inputs_embeds f32 [B,T,H]"""
         return self._run("gen_embeddings", {"image_ids": image_ids})
 
-    def reset(self) -> None:
-        """Start a new sequence: forget the language model's KV cache."""
-        self.req["language_model"].reset_state()
+    def start(self, capacities) -> None:
+        """Start new sequences in the language model, one per row; row i will hold at most
+        capacities[i] tokens (prompt + generated)."""
+        self.kv.start(capacities)
 
-    def language_model(self, inputs_embeds, attention_mask, position_ids, beam_idx) -> np.ndarray:
-        """One stateful LM call; returns last_hidden_state f32 [B,T,H] (after the final norm)."""
-        return self._run("language_model", {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
-                                            "position_ids": position_ids, "beam_idx": beam_idx})
+    def language_model(self, inputs_embeds: np.ndarray, lengths=None) -> np.ndarray:
+        """Append tokens to the rows' sequences: inputs_embeds f32 [sum(lengths),H], row after row
+        (lengths None: one token per row). Returns each row's last hidden state f32 [B,H] (after
+        the final norm): a view into the output tensor when every row got one token."""
+        rows = len(self.kv.past)
+        lengths = np.ones(rows, np.int32) if lengths is None else np.asarray(lengths, np.int32)
+        hidden = self._run("language_model", {"inputs_embeds": inputs_embeds, **self.kv.step_inputs(lengths)})
+        self.kv.advance(lengths)
+        hidden = hidden.reshape(-1, hidden.shape[-1])  # [tokens,1,H] -> [tokens,H]
+        return hidden if len(hidden) == rows else hidden[np.cumsum(lengths) - 1]
 
     def lm_head(self, hidden_states: np.ndarray) -> np.ndarray:
         """hidden_states f32 [B,T,H] -> logits f32 [B,T,V]"""
@@ -159,8 +168,7 @@ class Runtime:
         # Compiling from the path (not a read_model result) lets a cache hit skip reading the IR.
         # Parts compile in parallel: OpenVINO releases the GIL, and the big part dominates anyway.
         with ThreadPoolExecutor(max_workers=len(PARTS)) as pool:
-            compiled = pool.map(lambda p: core().compile_model(str(self.model_dir / f"{p}.xml"), device, self.config),
-                                PARTS)
+            compiled = pool.map(self._compile, PARTS)
             self.compiled = dict(zip(PARTS, compiled))
         self._shared = {name: (self.compiled[name].create_infer_request(), threading.Lock()) for name in SHARED}
         self._free: queue.LifoQueue = queue.LifoQueue()  # LIFO: reuse warm contexts first
@@ -173,6 +181,12 @@ class Runtime:
             threading.Thread(target=self._warm_up, name="janus-ov-warm-up", daemon=True).start()
         else:
             self._warm.set()
+
+    def _compile(self, part: str) -> ov.CompiledModel:
+        xml = self.model_dir / f"{part}.xml"
+        if part == "language_model":
+            return compile_paged(core(), xml, self.device, self.config)
+        return core().compile_model(str(xml), self.device, self.config)
 
     def wait_warm(self, timeout: float | None = None) -> bool:
         """Block until the warm-up is over (True), or `timeout` seconds pass (False)."""
@@ -230,20 +244,19 @@ class Runtime:
 
 def warm_up_parts(ctx: Context, after_each=lambda: None) -> None:
     """One small inference of every part, with the batch and length kinds real requests use
-    (a multi-token prefill and a one-token step of the language model), then a clean state.
+    (a multi-token prefill and a one-token step of the language model).
     `after_each()` runs after each part (the runtime drops the pages that part no longer needs
     there, so peak memory holds one part's mapped weights at a time, not all of them)."""
     compiled = ctx.runtime.compiled
     hidden = compiled["lm_head"].input(0).get_partial_shape()[2].get_length()
     size = compiled["vision"].input(0).get_partial_shape()[2].get_length()
     tokens = compiled["vq_decoder"].input(0).get_partial_shape()[1].get_length()
-    ids, mask, beam_idx = np.zeros((2, 2), np.int64), np.ones((2, 3), np.int64), np.arange(2, dtype=np.int32)
-    ctx.reset()
-    ctx.language_model(ctx.embed_text(ids), mask[:, :2], np.tile(np.arange(2), (2, 1)), beam_idx)
-    step = np.array(ctx.language_model(ctx.embed_image_tokens(ids[:, :1]), mask, np.full((2, 1), 2), beam_idx))
-    ctx.reset()
+    ids = np.zeros((2, 2), np.int64)
+    ctx.start([3, 3])
+    ctx.language_model(ctx.embed_text(ids).reshape(4, hidden), [2, 2])
+    step = np.array(ctx.language_model(ctx.embed_image_tokens(ids[:, :1]).reshape(2, hidden)))  # [2,H]
     after_each()
-    for run in (lambda: ctx.lm_head(step[:1]), lambda: ctx.gen_head(step.reshape(2, hidden), np.array(1.0, np.float32)),
+    for run in (lambda: ctx.lm_head(step[:1, None]), lambda: ctx.gen_head(step, np.array(1.0, np.float32)),
                 lambda: ctx.vision(np.zeros((1, 3, size, size), np.float32)),
                 lambda: ctx.vq_decode(np.zeros((1, tokens), np.int64))):
         run()

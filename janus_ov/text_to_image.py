@@ -3,12 +3,13 @@
 Batch layout (as transformers' JanusForConditionalGeneration.generate): 2N rows, the N
 conditional rows (the prompt) first, then the N unconditional rows. An unconditional row is
 the prompt with every token but BOS and <begin_of_image> replaced by the pad token, or, with
-a negative prompt, the negative prompt's tokens. When the two differ in length the shorter
-is left-padded with attention_mask 0 so every row ends at <begin_of_image>; position ids
-follow the mask (cumsum(mask) - 1), as transformers computes them.
+a negative prompt, the negative prompt's tokens. Each row is its own sequence in the paged KV
+cache (kv_cache.py), so when the two differ in length nothing is padded: every row ends at
+<begin_of_image> and counts positions from 0, exactly what transformers' left padding with an
+attention mask computes.
 
 Per step: three OpenVINO calls -- gen_head (hidden [2N,H] -> CFG-mixed logits [N,K], the mix
-folded into the IR), gen_embeddings (the sampled ids, twice) and the stateful language model.
+folded into the IR), gen_embeddings (the sampled ids, twice) and the language model.
 """
 
 from __future__ import annotations
@@ -31,17 +32,6 @@ def unconditional_ids(cond_ids: np.ndarray, info: ModelInfo) -> np.ndarray:
     return np.where(keep, cond_ids, info.pad_id).astype(np.int64)
 
 
-def batch_rows(cond_ids: np.ndarray, uncond_ids: np.ndarray, num_images: int, pad_id: int):
-    """(input_ids [2N,T], attention_mask [2N,T]): N cond rows then N uncond rows, left-padded."""
-    width = max(len(cond_ids), len(uncond_ids))
-    ids = np.full((2 * num_images, width), pad_id, np.int64)
-    mask = np.zeros((2 * num_images, width), np.int64)
-    for rows, seq in ((slice(0, num_images), cond_ids), (slice(num_images, None), uncond_ids)):
-        ids[rows, width - len(seq):] = seq
-        mask[rows, width - len(seq):] = 1
-    return ids, mask
-
-
 def generate_image_tokens(ctx: Context, info: ModelInfo, cond_ids: np.ndarray, uncond_ids: np.ndarray,
                           num_images: int, cfg_weight: float, sampler: ImageSampler, callback=None,
                           stop_event=None, stats: dict | None = None, preview_every: int = PREVIEW_EVERY):
@@ -49,23 +39,20 @@ def generate_image_tokens(ctx: Context, info: ModelInfo, cond_ids: np.ndarray, u
     stats = {} if stats is None else stats
     n_tokens = info.num_image_tokens
     t0 = time.perf_counter()
-    ids, prompt_mask = batch_rows(cond_ids, uncond_ids, num_images, info.pad_id)
-    rows, width = ids.shape
+    prompts = (cond_ids, uncond_ids)
+    lengths = np.repeat([len(cond_ids), len(uncond_ids)], num_images)
+    rows = len(lengths)
     # Buffers for the whole request, allocated once.
-    mask = np.ones((rows, width + n_tokens), np.int64)
-    mask[:, :width] = prompt_mask
-    first_position = prompt_mask.sum(axis=1)  # position id of the first image token, per row
-    position = np.zeros((rows, 1), np.int64)
     step_ids = np.zeros((rows, 1), np.int64)
-    beam_idx = np.arange(rows, dtype=np.int32)
     cfg = np.array(cfg_weight, np.float32)
     tokens = np.zeros((num_images, n_tokens), np.int64)
 
-    ctx.reset()
-    prompt_positions = np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0)  # pads: any valid id, masked anyway
-    hidden = ctx.language_model(ctx.embed_text(ids), prompt_mask, prompt_positions, beam_idx)
-    hidden = np.ascontiguousarray(hidden[:, -1, :])  # [2N,H]
-    stats.update(prompt_tokens=width, prefill_s=time.perf_counter() - t0)
+    ctx.start(lengths + n_tokens)
+    # Each prompt is embedded once (copied out of the part's output tensor), then repeated per image.
+    cond, uncond = (np.array(ctx.embed_text(ids[None])[0]) for ids in prompts)
+    hidden = np.ascontiguousarray(ctx.language_model(np.concatenate([cond] * num_images + [uncond] * num_images),
+                                                     lengths))  # [2N,H]
+    stats.update(prompt_tokens=int(lengths.max()), prefill_s=time.perf_counter() - t0)
     t1 = time.perf_counter()
     for i in range(n_tokens):
         if stop_event is not None and stop_event.is_set():
@@ -81,9 +68,7 @@ def generate_image_tokens(ctx: Context, info: ModelInfo, cond_ids: np.ndarray, u
             break
         step_ids[:num_images, 0] = tokens[:, i]
         step_ids[num_images:, 0] = tokens[:, i]
-        position[:, 0] = first_position + i
-        hidden = ctx.language_model(ctx.embed_image_tokens(step_ids), mask[:, :width + i + 1], position, beam_idx)
-        hidden = hidden.reshape(rows, -1)  # [2N,1,H] -> [2N,H], still a view
+        hidden = ctx.language_model(ctx.embed_image_tokens(step_ids).reshape(rows, -1))  # [2N,H], a view
     steps_s = time.perf_counter() - t1
     stats.update(steps=n_tokens, steps_s=steps_s, steps_per_s=n_tokens / steps_s, cancelled=False)
     return tokens

@@ -166,7 +166,9 @@ def test_stop_event_ends_the_stream_and_pipeline_stays_usable(pipe):
 def test_compiled_model_cache_is_written_and_reused(tiny_ir_fp32, tmp_path):
     first = JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path)
     blobs = sorted(p.name for p in tmp_path.glob("*.blob"))
-    assert len(blobs) >= 7  # one per part at least
+    # One per part at least, but the language model: it is compiled from memory after the
+    # PagedAttention rewrite (kv_cache.py), where hashing it for the cache costs more than compiling.
+    assert len(blobs) >= 6
     second = JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.blob")) == blobs  # hits, nothing recompiled
     assert second.chat(ONE_IMAGE, max_new_tokens=10) == first.chat(ONE_IMAGE, max_new_tokens=10)

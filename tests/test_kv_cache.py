@@ -1,0 +1,117 @@
+"""The run-time language model (the stateful IR rewritten to PagedAttention, kv_cache.py)
+computes what transformers computes, for rows of different lengths, in any chunking, across
+cache blocks, and its cache tensors are sized per request.
+
+Tolerance as test_convert's fp32 parts: relative error <= 1e-3 (measured ~1e-6).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from janus_ov.runtime import Runtime
+
+F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+FP32_TOL = 1e-3
+
+
+def rel_error(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def torch_lm(tiny_model_dir):
+    from transformers import JanusForConditionalGeneration
+
+    model = JanusForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model.model.language_model
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_ir_fp32):
+    return Runtime(tiny_ir_fp32, ov_config=F32, max_concurrency=2)
+
+
+def reference(torch_lm, embeds: np.ndarray) -> np.ndarray:
+    """Hidden states of one whole sequence [T,H], no cache."""
+    with torch.no_grad():
+        return torch_lm(inputs_embeds=torch.from_numpy(embeds[None])).last_hidden_state[0].numpy()
+
+
+def sequences(torch_lm, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, torch_lm.config.hidden_size)).astype(np.float32) for n in lengths]
+
+
+def feed(ctx, rows, chunks):
+    """Feed every row's tokens in `chunks` (a list of per-row chunk lengths per call); return
+    the last hidden state of each row after each call."""
+    done, outputs = [0] * len(rows), []
+    for lengths in chunks:
+        embeds = np.concatenate([row[d:d + n] for row, d, n in zip(rows, done, lengths)])
+        outputs.append(np.array(ctx.language_model(embeds, lengths)))
+        done = [d + n for d, n in zip(done, lengths)]
+    return outputs
+
+
+@pytest.mark.parametrize("chunks", [
+    [[70, 41, 5]],                                # one prefill call, three rows of different lengths
+    [[64, 31, 3], [1, 1, 1], [5, 9, 1]],          # prefill, a step, then a chunk crossing a block boundary
+    [[1, 1, 1]] * 40,                              # token by token
+], ids=["prefill", "mixed", "token-by-token"])
+def test_rows_of_different_lengths_match_transformers(runtime, torch_lm, chunks):
+    totals = np.sum(chunks, axis=0)
+    rows = sequences(torch_lm, totals)
+    refs = [reference(torch_lm, row) for row in rows]
+    with runtime.context() as ctx:
+        ctx.start(totals)
+        outputs = feed(ctx, rows, chunks)
+    done = np.cumsum(chunks, axis=0)
+    for out, ends in zip(outputs, done):
+        expected = np.stack([ref[end - 1] for ref, end in zip(refs, ends)])
+        assert rel_error(out, expected) <= FP32_TOL
+
+
+def test_start_begins_new_sequences_in_the_same_context(runtime, torch_lm):
+    long_rows = sequences(torch_lm, [100, 100], seed=1)
+    rows = sequences(torch_lm, [7], seed=2)
+    with runtime.context() as ctx:
+        ctx.start([100, 100])
+        feed(ctx, long_rows, [[100, 100]])
+        ctx.start([8])
+        out = feed(ctx, rows, [[6], [1]])
+    ref = reference(torch_lm, rows[0])
+    assert rel_error(out[0][0], ref[5]) <= FP32_TOL
+    assert rel_error(out[1][0], ref[6]) <= FP32_TOL
+
+
+def test_a_row_cannot_outgrow_its_capacity(runtime, torch_lm):
+    rows = sequences(torch_lm, [40])
+    with runtime.context() as ctx:
+        ctx.start([33])  # two blocks of 32: room for 64 in memory, but 33 were asked for
+        feed(ctx, rows, [[33]])
+        with pytest.raises(ValueError, match="KV cache"):
+            feed(ctx, [rows[0][33:]], [[1]])
+
+
+def test_cache_tensors_grow_and_are_given_back(runtime):
+    with runtime.context() as ctx:
+        def blocks():
+            return ctx.req["language_model"].get_tensor("key_cache.0").get_shape()[0]
+
+        ctx.start([600] * 16)  # an 8-image batch: 16 rows of 19 blocks
+        assert blocks() >= 16 * 19
+        ctx.start([10])  # one block needed; up to 4 may be kept for reuse, not 304
+        assert blocks() <= 4
+
+
+def test_default_precision_stays_close_to_transformers(tiny_ir_fp32, torch_lm):
+    """The serving config (plugin defaults: u8 KV cache, bf16 where the CPU has it) over a
+    sequence long enough to fill several quantized blocks."""
+    rows = sequences(torch_lm, [150, 90], seed=3)
+    ref = np.stack([reference(torch_lm, row)[-1] for row in rows])
+    with Runtime(tiny_ir_fp32, max_concurrency=1, warm_up=False).context() as ctx:
+        ctx.start([150, 90])
+        out = feed(ctx, rows, [[120, 60], [1, 1], [29, 29]])[-1]
+    cosine = (out * ref).sum(-1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cosine.min() >= 0.99
