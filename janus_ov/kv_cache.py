@@ -33,6 +33,13 @@ def compile_paged(core: ov.Core, xml_path, device: str, config: dict) -> ov.Comp
     # No compiled-model cache for this one: the cache key of a model object is a hash of all its
     # weights, which takes longer (1.9 s for the 1B int4 model) than compiling it (1.3 s).
     config = {k: v for k, v in config.items() if k != "CACHE_DIR"}
+    if device.startswith("CPU"):
+        # f32 activations (unless the caller says otherwise) make the CPU plugin quantize them to
+        # int8 on the fly for the int4/int8 matmuls, whose integer kernels unpack weights more
+        # cheaply than the bf16 ones that CPUs with bf16 get by default. Measured, 576 steps of
+        # the 1B int4 model: 1 row 22.4 -> 20.5 s, 2 rows 25.0 -> 24.0 s, 8 rows 52.8 -> 46.9 s;
+        # a 665-token prefill is the same. Elsewhere (AVX2) it is the default anyway.
+        config = {"INFERENCE_PRECISION_HINT": "f32", **config}
     return core.compile_model(model, device, config)
 
 
