@@ -229,8 +229,10 @@ def upscale(images, size: int):
 def _format_stats(stats: dict) -> str:
     """One line from pipeline.last_stats."""
     if stats.get("task") == "chat" and stats.get("new_tokens"):
+        reused = stats.get("cached_tokens", 0)
         return (f"{stats['new_tokens']} tokens at {stats.get('decode_tokens_per_s', 0):.1f} tokens/s, "
-                f"first token after {stats.get('time_to_first_token_s', 0):.2f} s")
+                f"first token after {stats.get('time_to_first_token_s', 0):.2f} s"
+                + (f" ({reused} of {stats.get('prompt_tokens', 0)} prompt tokens reused)" if reused else ""))
     if stats.get("task") == "image" and stats.get("total_s"):
         n = stats.get("num_images", 1)
         return (f"{n} image{'s' * (n > 1)}, {stats['total_s'] / n:.1f} s/image "

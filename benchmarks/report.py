@@ -116,6 +116,9 @@ def summarize(res: dict) -> dict:
             "warm_s": _median(r.get("warm_s") for r in _get(ov, "warm_start", "runs") or []),
             "ttft_s": chat.get("ttft_s_median"),
             "prompt_tokens": chat.get("prompt_tokens_median"),
+            "follow_up_ttft_s": chat.get("follow_up_ttft_s_median"),
+            "follow_up_prompt_tokens": chat.get("follow_up_prompt_tokens_median"),
+            "follow_up_cached_tokens": chat.get("follow_up_cached_tokens_median"),
             "decode_tok_s": chat.get("decode_tok_s_median"),
             "forced_length_ok": chat.get("forced_length_ok"),
             "image1_s": img1.get("image_s_median"), "image4_s": img4.get("image_s_median"),
@@ -250,6 +253,11 @@ def markdown(res: dict) -> str:
             f"{_f(r.get('ttft_s'), '{:.2f}')} ({_f(r.get('prompt_tokens'), '{:.0f}')}) | {decode} | "
             f"{_f(r.get('image1_s'))} | {_f(r.get('image4_s'))} ({_f(r.get('image4_over_1'), '{:.2f}')}) | {steps} | "
             f"{_f(r.get('vq_decode_s'), '{:.2f}')} | {_f(r.get('peak_rss_serving_gib'), '{:.2f}')} |")
+    follow_ups = [f"{name} {_f(r['follow_up_ttft_s'], '{:.2f}')} s ({_f(r.get('follow_up_cached_tokens'), '{:.0f}')} "
+                  f"of {_f(r.get('follow_up_prompt_tokens'), '{:.0f}')} prompt tokens from the cache)"
+                  for name, r in s["rows"].items() if r.get("follow_up_ttft_s") is not None]
+    if follow_ups:
+        lines += ["", "TTFT of a follow-up question in the same conversation: " + "; ".join(follow_ups) + "."]
     if res.get("pytorch_from"):
         src = res["pytorch_from"]
         lines += ["", f"PyTorch rows: from an earlier run on this machine ({src['date']}; {src.get('note') or 'no note'})."]

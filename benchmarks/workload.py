@@ -13,17 +13,19 @@ from pathlib import Path
 NEW_TOKENS = 128
 TARGET_PROMPT_TOKENS = 629
 IMAGE_PROMPT = "A photo of a mountain lake at sunrise, highly detailed, 4k."
+FOLLOW_UP = "What colours stand out most, and where are they?"  # the second turn of each chat run
 _QUESTION = "Describe the image in detail."
 _PADDING = " Mention every color, shape, object and any text you can see."
 
 
-def make_image():
-    """A deterministic 640x480 test picture (resized by preprocessing like any photo)."""
+def make_image(variant: int = 0):
+    """A deterministic 640x480 test picture (resized by preprocessing like any photo); each
+    `variant` shifts the checkerboard, so it is another picture with the same prompt length."""
     import numpy as np
     from PIL import Image
 
     y, x = np.mgrid[0:480, 0:640]
-    rgb = np.stack([x * 255 // 639, y * 255 // 479, ((x // 40 + y // 40) % 2) * 255], axis=-1)
+    rgb = np.stack([x * 255 // 639, y * 255 // 479, (((x + variant) // 40 + y // 40) % 2) * 255], axis=-1)
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 

@@ -54,25 +54,41 @@ class PagedKVCache:
                         for port in request.get_compiled_model().inputs
                         if port.get_any_name().startswith(("key_cache.", "value_cache."))]
         self._blocks = 0  # blocks the bound tensors hold
+        self.past = np.zeros(0, np.int32)
         self.start([0])
 
-    def start(self, capacities) -> None:
-        """Begin new sequences, one per row, row i holding at most capacities[i] tokens."""
-        self.capacity = np.array(capacities, np.int32).reshape(-1)
-        per_row = [-(-int(c) // self.block_size) for c in self.capacity]
-        self._first_block = np.concatenate([[0], np.cumsum(per_row)[:-1]]).astype(np.int32)
-        self.past = np.zeros(len(per_row), np.int32)
-        self._reserve(max(int(sum(per_row)), 1))
+    def start(self, capacities, keep: int = 0) -> None:
+        """Begin new sequences, one per row, row i holding at most capacities[i] tokens.
 
-    def _reserve(self, blocks: int) -> None:
-        """Bind tensors for `blocks` blocks: new ones when they must grow, or when the old ones are
-        over four times too big (say after an 8-image batch), so memory is given back. Fresh
-        tensors cost nothing until written: the OS supplies their pages on first touch."""
+        keep: leave the first `keep` cached tokens of row 0 in place (one row before and after,
+        `keep` a whole number of blocks): a chat's next turn goes on from the conversation so far.
+        """
+        capacity = np.array(capacities, np.int32).reshape(-1)
+        if keep and not (len(capacity) == len(self.past) == 1 and keep % self.block_size == 0
+                         and keep <= min(self.past[0], capacity[0])):
+            raise ValueError(f"Cannot keep {keep} tokens of rows {self.past.tolist()} for rows {capacity.tolist()}.")
+        per_row = -(-capacity // self.block_size)
+        self._first_block = np.concatenate([[0], np.cumsum(per_row)[:-1]]).astype(np.int32)
+        self.capacity = capacity
+        self.past = np.array([keep] * len(capacity), np.int32)
+        self.ids = None  # what row 0's cached tokens are, if its owner records it (chat.py)
+        self._reserve(max(int(per_row.sum()), 1), keep // self.block_size)
+
+    def _reserve(self, blocks: int, keep_blocks: int = 0) -> None:
+        """Bind tensors for `blocks` blocks, the first `keep_blocks` as they were: new ones when
+        they must grow, or when the old ones are over four times too big (say after an 8-image
+        batch), so memory is given back. Fresh tensors cost nothing until written: the OS
+        supplies their pages on first touch."""
         if self._blocks >= blocks and self._blocks <= 4 * blocks:
             return
         for name, element_type, shape in self._inputs:
             dims = [blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
-            self.request.set_tensor(name, ov.Tensor(element_type, dims))
+            tensor = ov.Tensor(element_type, dims)
+            if keep_blocks:  # as bytes: sub-byte types (u4) come out of .data as packed bytes
+                old = self.request.get_tensor(name)
+                size = old.get_byte_size() // self._blocks * keep_blocks
+                tensor.data.reshape(-1).view(np.uint8)[:size] = old.data.reshape(-1).view(np.uint8)[:size]
+            self.request.set_tensor(name, tensor)
         self._blocks = blocks
 
     def step_inputs(self, lengths: np.ndarray) -> dict:

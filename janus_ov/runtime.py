@@ -84,6 +84,7 @@ class Context:
                         for name in PER_REQUEST}
         self._bound = {name: {} for name in PER_REQUEST}  # input -> (caller's array or None, array the tensor uses)
         self.kv = PagedKVCache(self.req["language_model"], runtime.device)
+        self.image_embeds: dict = {}  # the last chat's image embeddings by fingerprint (chat.py)
 
     # -- per-request parts: return views into this context's output tensors --
 
@@ -114,10 +115,10 @@ class Context:
         """image_ids i64 [B,T] -> inputs_embeds f32 [B,T,H]"""
         return self._run("gen_embeddings", {"image_ids": image_ids})
 
-    def start(self, capacities) -> None:
+    def start(self, capacities, keep: int = 0) -> None:
         """Start new sequences in the language model, one per row; row i will hold at most
-        capacities[i] tokens (prompt + generated)."""
-        self.kv.start(capacities)
+        capacities[i] tokens (prompt + generated). keep: see PagedKVCache.start."""
+        self.kv.start(capacities, keep)
 
     def language_model(self, inputs_embeds: np.ndarray, lengths=None) -> np.ndarray:
         """Append tokens to the rows' sequences: inputs_embeds f32 [sum(lengths),H], row after row

@@ -112,6 +112,10 @@ def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
     assert chat["new_tokens_median"] == 16 and chat["forced_length_ok"]
     assert 600 < chat["prompt_tokens_median"] < 700  # one image (576 tokens) + system prompt + question
     assert chat["ttft_s_median"] > 0 and chat["decode_tok_s_median"] > 0
+    # Each run is a new conversation (another picture): at most the system prompt comes from the cache.
+    assert chat["cached_tokens_median"] < 100
+    # Its follow-up goes on from the cached conversation, image included.
+    assert chat["follow_up_cached_tokens_median"] > 600 and chat["follow_up_ttft_s_median"] > 0
     for n in (1, 4):
         img = ov[f"image_{n}"]
         assert img["num_images"] == n and img["image_s_median"] > 0 and img["steps_per_s_median"] > 0
@@ -128,5 +132,6 @@ def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
     assert res["total_s"] > 0
 
     md = md_path.read_text(encoding="utf-8")
-    for text in ("| engine |", "| openvino-int4 |", "| pytorch-fp32 |", "GB/s", "test run", m["cpu"], "Targets"):
+    for text in ("| engine |", "| openvino-int4 |", "| pytorch-fp32 |", "GB/s", "test run", m["cpu"], "Targets",
+                 "follow-up question"):
         assert text in md

@@ -163,6 +163,62 @@ def test_stop_event_ends_the_stream_and_pipeline_stays_usable(pipe):
     assert pipe.chat(msgs, max_new_tokens=5) == pipe.chat(msgs, max_new_tokens=5)
 
 
+def test_follow_up_turns_prefill_only_what_is_new(tiny_ir_fp32, reference):
+    """Each turn goes on from the cache of the last one (images in it are not encoded again)
+    and still answers exactly what transformers answers for the whole conversation; an image
+    request in between, or an edited earlier turn, falls back to a full prefill."""
+    model, processor = reference
+    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=1)  # one context: the same cache every turn
+    pipe.runtime.wait_warm()  # the warm-up runs the vision part too
+    vision_calls = []
+    run_shared = pipe.runtime.run_shared
+    pipe.runtime.run_shared = lambda part, inputs: (vision_calls.append(part), run_shared(part, inputs))[1]
+
+    def turn(messages):
+        vision_calls.clear()
+        input_ids, pixel_values = pipe._chat_inputs(messages, 10)
+        stats = {}
+        with pipe.runtime.context() as ctx:
+            tokens = list(generate_tokens(ctx, pipe.info, input_ids, pixel_values, TokenSampler(pipe.info.vocab_size),
+                                          10, stats=stats))
+        assert tokens == reference_greedy(model, reference_inputs(processor, messages), 10)
+        return pipe.tokenizer.decode(tokens), stats, vision_calls.count("vision")
+
+    conversation = [{"role": "user", "content": "What is in this picture?", "images": [_image(2, (400, 300))]}]
+    answer, stats, encoded = turn(conversation)
+    assert (stats["cached_tokens"], encoded) == (0, 1)
+
+    conversation += [{"role": "assistant", "content": answer},
+                     {"role": "user", "content": "And what colour is it?"}]
+    answer, stats, encoded = turn(conversation)
+    assert stats["cached_tokens"] >= pipe.info.num_image_tokens and encoded == 0  # the image is in the cache
+
+    conversation += [{"role": "assistant", "content": answer},
+                     {"role": "user", "content": "Compare it with this one.", "images": [_image(3, (200, 380))]}]
+    _, stats, encoded = turn(conversation)
+    assert stats["cached_tokens"] >= pipe.info.num_image_tokens and encoded == 1  # only the new image
+
+    pipe.generate_images("a cat", seed=0)  # the KV cache now holds image rows; the image embeddings are kept
+    _, stats, encoded = turn(conversation)
+    assert (stats["cached_tokens"], encoded) == (0, 0)
+
+    edited = [{**conversation[0], "images": [_image(4, (400, 300))]}] + conversation[1:]
+    _, stats, encoded = turn(edited)  # the first image changed: only the tokens before it can be kept
+    assert stats["cached_tokens"] < stats["prompt_tokens"] - 2 * pipe.info.num_image_tokens and encoded == 1
+
+
+def test_a_turn_stopped_midway_leaves_a_usable_cache(tiny_ir_fp32, reference):
+    model, processor = reference
+    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=1)
+    messages = [{"role": "user", "content": "Describe the image.", "images": [_image(5)]}]
+    stop = threading.Event()
+    for _ in pipe.chat_stream(messages, max_new_tokens=50, stop_event=stop):
+        stop.set()
+    assert pipe.last_stats["new_tokens"] < 50
+    tokens = ov_tokens(pipe, messages, 10)
+    assert tokens == reference_greedy(model, reference_inputs(processor, messages), 10)
+
+
 def test_compiled_model_cache_is_written_and_reused(tiny_ir_fp32, tmp_path):
     first = JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path)
     blobs = sorted(p.name for p in tmp_path.glob("*.blob"))

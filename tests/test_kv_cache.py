@@ -19,6 +19,10 @@ def rel_error(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def cosine(a, b):
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
 @pytest.fixture(scope="module")
 def torch_lm(tiny_model_dir):
     from transformers import JanusForConditionalGeneration
@@ -94,6 +98,36 @@ def test_a_row_cannot_outgrow_its_capacity(runtime, torch_lm):
             feed(ctx, [rows[0][33:]], [[1]])
 
 
+@pytest.mark.parametrize("config", [F32, {}], ids=["f32", "default-u8-cache"])
+def test_start_can_keep_the_first_blocks_while_the_cache_grows(tiny_ir_fp32, torch_lm, config):
+    row = sequences(torch_lm, [300], seed=4)[0]
+    ref = reference(torch_lm, row)
+    with Runtime(tiny_ir_fp32, ov_config=config, max_concurrency=1, warm_up=False).context() as ctx:
+        ctx.start([80])
+        feed(ctx, [row], [[80]])
+        ctx.start([300], keep=64)  # 3 blocks -> 10: new tensors, the first 2 blocks copied over
+        assert ctx.req["language_model"].get_tensor("key_cache.0").get_shape()[0] >= 10
+        out = feed(ctx, [row[64:]], [[200], [1], [35]])
+    for got, end in zip(out, (264, 265, 300)):
+        if config:
+            assert rel_error(got[0], ref[end - 1]) <= FP32_TOL
+        else:
+            assert cosine(got[0], ref[end - 1]) >= 0.99
+
+
+def test_start_keeps_only_whole_blocks_of_one_row(runtime, torch_lm):
+    with runtime.context() as ctx:
+        ctx.start([40, 40])
+        feed(ctx, sequences(torch_lm, [40, 40]), [[40, 40]])
+        with pytest.raises(ValueError, match="keep"):
+            ctx.start([80], keep=32)  # two rows cached: whose tokens would be kept?
+        ctx.start([80])
+        feed(ctx, sequences(torch_lm, [40]), [[40]])
+        for keep in (16, 64):  # not a whole block; more than is cached
+            with pytest.raises(ValueError, match="keep"):
+                ctx.start([80], keep=keep)
+
+
 def test_cache_tensors_grow_and_are_given_back(runtime):
     with runtime.context() as ctx:
         def blocks():
@@ -113,5 +147,4 @@ def test_default_precision_stays_close_to_transformers(tiny_ir_fp32, torch_lm):
     with Runtime(tiny_ir_fp32, max_concurrency=1, warm_up=False).context() as ctx:
         ctx.start([150, 90])
         out = feed(ctx, rows, [[120, 60], [1, 1], [29, 29]])[-1]
-    cosine = (out * ref).sum(-1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
-    assert cosine.min() >= 0.99
+    assert cosine(out, ref).min() >= 0.99
