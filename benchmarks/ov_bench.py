@@ -159,8 +159,9 @@ def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS, ta
     runtime.Runtime.run_shared = timed(runtime.Runtime.run_shared)
     pipe = _pipeline(model_dir, weights, cache_dir)
     sizes = ir_bytes(pipe.model_dir)["parts"]
-    messages = [{"role": "user", "content": make_question(model_dir), "images": [make_image()]}]
-    pipe.chat(messages, max_new_tokens=8)  # warm-up, not counted
+    question = make_question(model_dir)
+    pipe.chat([{"role": "user", "content": question, "images": [make_image(-1)]}], max_new_tokens=8)  # warm-up
+    messages = [{"role": "user", "content": question, "images": [make_image()]}]  # a new conversation
     out = {}
     for task in tasks:
         acc.clear()
