@@ -1,8 +1,8 @@
 """Compiled OpenVINO parts and a bounded pool of per-request inference contexts.
 
 One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once. Each request
-borrows a `Context`: its own infer requests for the language model (so its own KV-cache
-state) and for the small per-step parts. The two big one-shot parts (vision encoder, VQ
+borrows a `Context`: its own infer requests for the language model (with its own paged KV
+cache, kv_cache.py) and for the small per-step parts. The two big one-shot parts (vision encoder, VQ
 decoder) have one shared infer request each, behind a lock: they run once per request and
 their activation buffers are the largest, so sharing them keeps memory flat as the pool grows.
 
@@ -91,9 +91,9 @@ class Context:
     def _run(self, part: str, inputs: dict) -> np.ndarray:
         """Bind each input as a zero-copy tensor and infer.
 
-        The generation loops pass the same preallocated buffers at every step (positions, ids,
-        cfg weight, beam_idx): those stay bound and are not re-wrapped, which keeps the Python
-        cost of a call well under the cost of the generic `infer(dict)` path.
+        The generation loops pass the same preallocated buffers at every step (token ids, cfg
+        weight): those stay bound and are not re-wrapped, which keeps the Python cost of a call
+        well under the cost of the generic `infer(dict)` path.
         """
         request, bound, dtypes = self.req[part], self._bound[part], self._dtypes[part]
         for name, array in inputs.items():
