@@ -108,8 +108,18 @@ def image(model_dir, weights: str, cache_dir, runs: int = 3, num_images: int = 1
                             "steps_s": s["steps_s"], "vq_decode_s": s["vq_decode_s"]})
     for key in ("image_s", "steps_per_s", "vq_decode_s", "prefill_s"):
         out[f"{key}_median"] = statistics.median(r[key] for r in out["runs"])
+    if num_images == 1:  # as the app makes it: with its previews of the forming image
+        out["app_runs"] = [_image_with_previews(pipe, seed) for seed in range(runs)]
+        out["app_image_s_median"] = statistics.median(r["image_s"] for r in out["app_runs"])
     out["bytes"] = ir_bytes(pipe.model_dir)
     return out
+
+
+def _image_with_previews(pipe, seed: int) -> dict:
+    previews = []
+    t0 = time.perf_counter()
+    pipe.generate_images(IMAGE_PROMPT, seed=seed, callback=lambda step, total, preview: previews.append(preview))
+    return {"image_s": time.perf_counter() - t0, "previews": sum(p is not None for p in previews)}
 
 
 def vq_decode(ir_dir, runs: int = 3, num_images: int = 1) -> dict:

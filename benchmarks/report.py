@@ -122,6 +122,8 @@ def summarize(res: dict) -> dict:
             "decode_tok_s": chat.get("decode_tok_s_median"),
             "forced_length_ok": chat.get("forced_length_ok"),
             "image1_s": img1.get("image_s_median"), "image4_s": img4.get("image_s_median"),
+            "app_image1_s": img1.get("app_image_s_median"),
+            "app_previews": (img1.get("app_runs") or [{}])[0].get("previews"),
             "steps_per_s": img1.get("steps_per_s_median"), "steps_per_s_4": img4.get("steps_per_s_median"),
             "vq_decode_s": _get(ov, "vq_decode", "vq_decode_s_median"),
             "peak_rss_chat_gib": _gib(chat.get("peak_rss_bytes")),
@@ -258,6 +260,10 @@ def markdown(res: dict) -> str:
                   for name, r in s["rows"].items() if r.get("follow_up_ttft_s") is not None]
     if follow_ups:
         lines += ["", "TTFT of a follow-up question in the same conversation: " + "; ".join(follow_ups) + "."]
+    app_images = [f"{name} {_f(r['app_image1_s'])} s ({_f(r.get('app_previews'), '{:.0f}')} previews)"
+                  for name, r in s["rows"].items() if r.get("app_image1_s") is not None]
+    if app_images:
+        lines += ["", "One image as the app makes it, with its previews of the forming image: " + "; ".join(app_images) + "."]
     if res.get("pytorch_from"):
         src = res["pytorch_from"]
         lines += ["", f"PyTorch rows: from an earlier run on this machine ({src['date']}; {src.get('note') or 'no note'})."]

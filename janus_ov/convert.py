@@ -230,16 +230,23 @@ def _vq_decoder(model):
     import torch
 
     class VQDecoder(torch.nn.Module):
+        """transformers' JanusVQVAE.decode, but for any number of whole token rows (a whole
+        image is 24 rows of 24): a preview decodes only the rows that are new (text_to_image.py).
+        The decoder is convolutional, so the rows in the traced graph stay a dynamic size."""
+
         def __init__(self, vq):
             super().__init__()
             self.vq = vq
 
         def forward(self, image_ids):
-            return self.vq.decode(image_ids)
+            quantize = self.vq.quantize
+            codes = torch.nn.functional.normalize(quantize.embedding(image_ids), p=2, dim=-1)
+            codes = codes.view(image_ids.shape[0], -1, quantize.quant_state_dims[1], codes.shape[-1])
+            return self.vq.decoder(self.vq.post_quant_conv(codes.permute(0, 3, 1, 2)))
 
     tokens = model.config.vq_config.num_patches ** 2
     example = (torch.zeros(1, tokens, dtype=torch.int64),)
-    return VQDecoder(model.model.vqmodel), example, [(ov.PartialShape([-1, tokens]), ov.Type.i64)]
+    return VQDecoder(model.model.vqmodel), example, [(ov.PartialShape([-1, -1]), ov.Type.i64)]
 
 
 # ---------------------------------------------------------------------------------------------

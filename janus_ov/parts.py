@@ -14,7 +14,8 @@ V = text vocabulary, K = image codebook size (16384 in real checkpoints).
 | gen_embeddings  | image_ids i64 [B,T]                                             | inputs_embeds f32 [B,T,H]             |
 | gen_head        | hidden_states f32 [2N,H] (N conditional rows, then N            | logits f32 [N,K]                      |
 |                 | unconditional rows), cfg_weight f32 []                          |  = uncond + w * (cond - uncond)       |
-| vq_decoder      | image_ids i64 [N,576]                                           | images f32 [N,3,384,384] (about -1..1)|
+| vq_decoder      | image_ids i64 [N,576], or [N,R*24]: the top R of the 24 token   | images f32 [N,3,384,384] (about -1..1)|
+|                 | rows (a preview of the rows made so far)                        |  or [N,3,R*16,384]                    |
 
 The language model's IR keeps its KV cache as OpenVINO state (one state per layer for keys and
 one for values): `reset_state()` on its infer request starts a new sequence; `beam_idx`

@@ -123,7 +123,8 @@ class JanusPipeline:
         """Text to image: `num_images` 384x384 PIL images generated together in one batch.
 
         callback(step, total, preview) is called after each of the 576 steps; `preview` is a PIL
-        image of image 0 so far every `preview_every` steps (0: never), else None.
+        image of image 0 so far (its finished token rows; grey below) every `preview_every` steps
+        once a row of 24 tokens is done (0: never), else None.
         Returns [] if `stop_event` is set before the end.
         """
         info = self.info

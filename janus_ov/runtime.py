@@ -32,6 +32,7 @@ import openvino as ov
 from .errors import ModelNotFoundError
 from .kv_cache import PagedKVCache, compile_paged
 from .memory import drop_mapped_pages
+from .model_info import ModelInfo
 from .parts import PARTS
 
 # Parts each request gets its own infer request for (called at every generation step).
@@ -146,7 +147,8 @@ class Context:
         return self.runtime.run_shared("vision", {"pixel_values": pixel_values})
 
     def vq_decode(self, image_ids: np.ndarray) -> np.ndarray:
-        """image_ids i64 [N,576] -> images f32 [N,3,S,S] in about -1..1 (a private copy)"""
+        """image_ids i64 [N,576] -> images f32 [N,3,S,S] in about -1..1 (a private copy);
+        [N,R*24] (R whole token rows) -> [N,3,R*16,S]: the top R*16 pixel rows of a picture"""
         return self.runtime.run_shared("vq_decoder", {"image_ids": image_ids})
 
 
@@ -251,7 +253,7 @@ def warm_up_parts(ctx: Context, after_each=lambda: None) -> None:
     compiled = ctx.runtime.compiled
     hidden = compiled["lm_head"].input(0).get_partial_shape()[2].get_length()
     size = compiled["vision"].input(0).get_partial_shape()[2].get_length()
-    tokens = compiled["vq_decoder"].input(0).get_partial_shape()[1].get_length()
+    tokens = ModelInfo.load(ctx.runtime.model_dir).num_image_tokens
     ids = np.zeros((2, 2), np.int64)
     ctx.start([3, 3])
     ctx.language_model(ctx.embed_text(ids).reshape(4, hidden), [2, 2])

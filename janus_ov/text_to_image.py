@@ -23,7 +23,7 @@ from .runtime import Context
 from .sampling import ImageSampler
 
 GRID = 24  # 576 tokens = 24 x 24 patches of 16 px
-PREVIEW_EVERY = 96  # steps between previews (4 token rows); each costs one VQ decode of one image
+PREVIEW_EVERY = 96  # steps between previews (4 token rows); each decodes the rows made so far
 
 
 def unconditional_ids(cond_ids: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -75,7 +75,7 @@ def generate_image_tokens(ctx: Context, info: ModelInfo, cond_ids: np.ndarray, u
 
 
 def decode_images(ctx: Context, tokens: np.ndarray) -> np.ndarray:
-    """VQ-decode token ids [N,576] -> f32 [N,3,384,384] in about -1..1.
+    """VQ-decode token ids [N,576] -> f32 [N,3,384,384] in about -1..1 ([N,R*24] -> R*16 pixel rows).
 
     One image per call: the decoder's full-resolution activations are ~75 MB per image per
     tensor, so a batch of four would raise peak memory by gigabytes for no gain in speed
@@ -85,17 +85,20 @@ def decode_images(ctx: Context, tokens: np.ndarray) -> np.ndarray:
 
 
 def preview_image(ctx: Context, tokens: np.ndarray, done: int):
-    """A PIL preview of image 0 after `done` steps.
+    """A PIL preview of image 0 after `done` steps, or None before its first token row is done.
 
-    Tokens not generated yet are filled with copies of the generated rows (so the decoder sees
-    plausible neighbours rather than one repeated code), then that part of the picture is
-    dimmed: the top `done // 24` token rows are real, the rest is a stand-in.
+    Only the whole token rows made so far are decoded (the decoder IR takes any number of rows),
+    the rest of the picture is grey: a preview costs rows/24 of a full decode, not a full decode
+    (the app shows five per image: 3.75 instead of 7.5 decodes' time, 1.5 s each on 2 cores).
+    Near its lower edge the preview lacks the rows below, so it can differ there from the final
+    image -- as much as a decode with made-up rows there would.
     """
     from PIL import Image
 
-    filled = np.resize(tokens[:done], tokens.shape)[None]  # repeat the generated prefix cyclically
-    image = decode_images(ctx, filled)[0]
-    pixels = np.clip((image.transpose(1, 2, 0) + 1) / 2 * 255, 0, 255).astype(np.uint8)
-    real_rows = (done // GRID) * (pixels.shape[0] // GRID)
-    pixels[real_rows:] = pixels[real_rows:] // 3 + 85  # dim the stand-in part towards grey
+    rows = done // GRID
+    if rows == 0:
+        return None
+    band = decode_images(ctx, tokens[None, :rows * GRID])[0]  # [3, rows*16, 384]
+    pixels = np.full((band.shape[2], band.shape[2], 3), 128, np.uint8)
+    pixels[:band.shape[1]] = np.clip((band.transpose(1, 2, 0) + 1) / 2 * 255, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)

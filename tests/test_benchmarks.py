@@ -120,6 +120,8 @@ def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
         img = ov[f"image_{n}"]
         assert img["num_images"] == n and img["image_s_median"] > 0 and img["steps_per_s_median"] > 0
         assert img["vq_decode_s_median"] > 0 and img["peak_rss_bytes"] > 0
+    # One image again as the app makes it: a preview every 96 steps, the five before the end.
+    assert ov["image_1"]["app_image_s_median"] > 0 and ov["image_1"]["app_runs"][0]["previews"] == 5
     assert ov["vq_decode"]["vq_decode_s_median"] > 0
 
     pt = res["pytorch"]["fp32"]["chat"]
@@ -133,5 +135,5 @@ def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
 
     md = md_path.read_text(encoding="utf-8")
     for text in ("| engine |", "| openvino-int4 |", "| pytorch-fp32 |", "GB/s", "test run", m["cpu"], "Targets",
-                 "follow-up question"):
+                 "follow-up question", "as the app makes it"):
         assert text in md

@@ -177,11 +177,26 @@ def test_callback_previews_and_cancel(pipe):
     def callback(step, total, preview):
         calls.append((step, total))
         if preview is not None:
-            previews.append((step, preview.size))
+            previews.append((step, preview))
 
     images = pipe.generate_images("a red fox", seed=3, callback=callback, preview_every=192)
     assert calls == [(s, 576) for s in range(1, 577)]
-    assert previews == [(192, (384, 384)), (384, (384, 384))]
+    assert [(step, p.size, p.mode) for step, p in previews] == [(192, (384, 384), "RGB"), (384, (384, 384), "RGB")]
+    # A preview is the decode of the token rows made so far (8 and 16 of 24 rows), grey below.
+    tokens, _ = ov_generate(pipe, "a red fox", None, 1, 5.0, 1.0, 3)  # the same tokens (same seed)
+    with pipe.runtime.context() as ctx:
+        for step, preview in previews:
+            rows = ctx.vq_decode(tokens[:, :step])[0]
+            assert rows.shape == (3, step // 24 * 16, 384)
+            expected = np.clip((rows.transpose(1, 2, 0) + 1) / 2 * 255, 0, 255).astype(np.uint8)
+            shown = np.asarray(preview)
+            assert np.array_equal(shown[:len(expected)], expected)
+            assert (shown[len(expected):] == 128).all()
+
+    first = []
+    pipe.generate_images("a red fox", seed=3, preview_every=12,
+                         callback=lambda step, total, preview: first.append(preview) if step <= 24 else None)
+    assert first[11] is None and first[23] is not None  # no preview before the first row is done
     assert pipe.last_stats["steps"] == 576 and pipe.last_stats["steps_per_s"] > 0
 
     stop = threading.Event()
