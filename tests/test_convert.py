@@ -315,6 +315,17 @@ def test_compressed_language_model_stays_close(fmt, torch_model, request):
     assert lm_logit_cosine(ir_dir, torch_model) >= LM_COSINE[fmt]
 
 
+def test_run_time_language_model_precision_follows_its_weights(tiny_ir_int4, tiny_ir_fp16):
+    """f32 activations for integer weights (the plugin's int8 kernels then run), the plugin's own
+    default (bf16 where the CPU has it) for float ones: f32 made fp16 steps 2.6x slower."""
+    from janus_ov.kv_cache import compile_paged
+
+    default = CORE.compile_model(tiny_ir_fp16 / "language_model.xml", "CPU").get_property("INFERENCE_PRECISION_HINT")
+    for ir_dir, expected in ((tiny_ir_int4, ov.Type.f32), (tiny_ir_fp16, default)):
+        compiled = compile_paged(CORE, ir_dir / "language_model.xml", "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == expected, ir_dir
+
+
 def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16, tiny_ir_fp32, torch_model):
     from janus_ov.compress import weight_types
 
