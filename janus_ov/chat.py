@@ -9,7 +9,8 @@ tensors, each output handed to the next call as a shared view (no copies of the 
 
 The next turn of a conversation starts with the whole previous one, so the context keeps the
 token ids behind its KV cache (images as fingerprints of their pixels) and a new prompt only
-prefills what comes after the longest shared prefix (whole cache blocks). It also keeps the
+prefills what comes after the longest shared prefix (whole cache blocks); with several
+conversations at once, a turn borrows the context holding most of it. It also keeps the
 conversation's image embeddings, so no image is encoded twice. A follow-up
 question to a 665-token image prompt then costs a few dozen tokens instead of 665 plus the
 vision encoder. Anything else -- another conversation, an image request in between, a
@@ -88,6 +89,15 @@ def cached_prefix(ctx: Context, key: np.ndarray) -> int:
     differ = np.flatnonzero(cached[:n] != key[:n])
     common = int(differ[0]) if len(differ) else n
     return common // ctx.kv.block_size * ctx.kv.block_size
+
+
+def cache_affinity(info: ModelInfo, input_ids: np.ndarray, pixel_values: np.ndarray | None):
+    """ctx -> how many prompt tokens its cache holds: for `Runtime.context(prefer=...)`, so that
+    with several conversations at once a follow-up goes to the context that served its last turn."""
+    input_ids = np.asarray(input_ids, np.int64)
+    prints = fingerprints(pixel_values)
+    key = prompt_key(input_ids, image_slots(info, input_ids, len(prints)), prints)
+    return lambda ctx: cached_prefix(ctx, key)
 
 
 def generate_tokens(ctx: Context, info: ModelInfo, input_ids: np.ndarray, pixel_values: np.ndarray | None,

@@ -101,7 +101,7 @@ class JanusPipeline:
 
     def _chat_pieces(self, input_ids, pixel_values, sampler, max_new_tokens, stop_event, stats) -> Iterator[str]:
         decoder = self.tokenizer.stream_decoder()
-        with self.runtime.context() as ctx:
+        with self.runtime.context(prefer=chat_loop.cache_affinity(self.info, input_ids, pixel_values)) as ctx:
             tokens = chat_loop.generate_tokens(ctx, self.info, input_ids, pixel_values, sampler, max_new_tokens,
                                                stop_event=stop_event, stats=stats)
             for token in tokens:

@@ -19,7 +19,6 @@ memory.py): they stay on disk and in the page cache, not twice in our RSS.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -174,10 +173,10 @@ class Runtime:
             compiled = pool.map(self._compile, PARTS)
             self.compiled = dict(zip(PARTS, compiled))
         self._shared = {name: (self.compiled[name].create_infer_request(), threading.Lock()) for name in SHARED}
-        self._free: queue.LifoQueue = queue.LifoQueue()  # LIFO: reuse warm contexts first
+        self._free: list[Context] = []  # idle contexts, the most recently used last
         self._created = 0
         self._max = max_concurrency
-        self._lock = threading.Lock()
+        self._pool = threading.Condition()
         self._warm = threading.Event()
         self.warm_up_s: float | None = None
         if warm_up:
@@ -202,7 +201,7 @@ class Runtime:
             try:
                 warm_up_parts(ctx, after_each=lambda: drop_mapped_pages([self.model_dir, self.config.get("CACHE_DIR")]))
             finally:
-                self._free.put(ctx)
+                self._give(ctx)
         except Exception as err:  # noqa: BLE001 - a real request will meet (and report) the same problem
             print(f"janus_ov: warm-up failed ({type(err).__name__}: {err}); the first request will be slower.")
         finally:
@@ -215,34 +214,41 @@ class Runtime:
             return request.infer(inputs, share_inputs=True, share_outputs=False)[0]
 
     @contextmanager
-    def context(self):
-        """Borrow a context (blocks while `max_concurrency` requests are running, or the warm-up)."""
+    def context(self, prefer=None):
+        """Borrow a context (blocks while `max_concurrency` requests are running, or the warm-up).
+
+        prefer(ctx) -> int: among idle contexts take the one it scores highest, if above 0 (a
+        chat's follow-up: the context that holds the conversation in its KV cache, chat.py);
+        otherwise the most recently used one (its memory is warm), or a new one.
+        """
         self._warm.wait()
-        ctx = self._take()
+        ctx = self._take(prefer)
         try:
             yield ctx
         finally:
-            self._free.put(ctx)
+            self._give(ctx)
 
-    def _take(self) -> Context:
+    def _take(self, prefer=None) -> Context:
+        with self._pool:
+            while not self._free and self._created >= self._max:
+                self._pool.wait()
+            if self._free:
+                scores = [prefer(ctx) for ctx in self._free] if prefer else [0]
+                best = int(np.argmax(scores)) if max(scores) > 0 else len(self._free) - 1
+                return self._free.pop(best)
+            self._created += 1
         try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._created < self._max:
-                self._created += 1
-                create = True
-            else:
-                create = False
-        if create:
-            try:
-                return Context(self)
-            except BaseException:
-                with self._lock:
-                    self._created -= 1
-                raise
-        return self._free.get()
+            return Context(self)
+        except BaseException:
+            with self._pool:
+                self._created -= 1
+                self._pool.notify()
+            raise
+
+    def _give(self, ctx: Context) -> None:
+        with self._pool:
+            self._free.append(ctx)
+            self._pool.notify()
 
 
 def warm_up_parts(ctx: Context, after_each=lambda: None) -> None:

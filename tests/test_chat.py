@@ -207,6 +207,23 @@ def test_follow_up_turns_prefill_only_what_is_new(tiny_ir_fp32, reference):
     assert stats["cached_tokens"] < stats["prompt_tokens"] - 2 * pipe.info.num_image_tokens and encoded == 1
 
 
+def test_concurrent_conversations_each_go_on_from_their_own_cache(tiny_ir_fp32):
+    """Two users at once get two contexts; each one's next turn borrows the context that holds
+    its conversation (not merely the last one used, which holds the other conversation)."""
+    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=2)
+    a = [{"role": "user", "content": "What is in this picture?", "images": [_image(6)]}]
+    b = [{"role": "user", "content": "Describe this one, please.", "images": [_image(7, (300, 300))]}]
+    stream_a = pipe.chat_stream(a, max_new_tokens=10)
+    first = next(stream_a)  # A holds a context ...
+    answer_b = pipe.chat(b, max_new_tokens=10)  # ... so B gets the second one
+    answer_a = first + "".join(stream_a)  # A ends last: the most recently used context is A's
+    for conversation, answer in ((b, answer_b), (a, answer_a)):
+        follow_up = conversation + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Colours?"}]
+        pipe.chat(follow_up, max_new_tokens=5)
+        assert pipe.last_stats["cached_tokens"] >= pipe.info.num_image_tokens, conversation[0]["content"]
+    assert pipe.runtime._created == 2
+
+
 def test_a_turn_stopped_midway_leaves_a_usable_cache(tiny_ir_fp32, reference):
     model, processor = reference
     pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=1)
