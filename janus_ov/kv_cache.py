@@ -93,12 +93,24 @@ class PagedKVCache:
         for name, element_type, shape in self._inputs:
             dims = [blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
             tensor = ov.Tensor(element_type, dims)
-            if keep_blocks:  # as bytes: sub-byte types (u4) come out of .data as packed bytes
-                old = self.request.get_tensor(name)
-                size = old.get_byte_size() // self._blocks * keep_blocks
-                tensor.data.reshape(-1).view(np.uint8)[:size] = old.data.reshape(-1).view(np.uint8)[:size]
+            if keep_blocks:
+                _by_block(tensor, blocks)[:keep_blocks] = _by_block(self.request.get_tensor(name), self._blocks)[:keep_blocks]
             self.request.set_tensor(name, tensor)
         self._blocks = blocks
+
+    def copy_row(self, src: int, dsts) -> None:
+        """Give the empty rows `dsts` a copy of row `src`'s cached tokens: a batch of images
+        prefills its two prompts (conditional, unconditional) once, not once per image."""
+        dsts = np.asarray(dsts, np.int64)
+        if (self.past[dsts] != 0).any() or (self.capacity[dsts] < self.past[src]).any():
+            raise ValueError(f"Cannot copy row {src} ({self.past[src]} tokens) into rows {dsts.tolist()}.")
+        used = -(-int(self.past[src]) // self.block_size)
+        first = self._first_block
+        for name, *_ in self._inputs:
+            blocks = _by_block(self.request.get_tensor(name), self._blocks)
+            for dst in dsts:
+                blocks[first[dst]:first[dst] + used] = blocks[first[src]:first[src] + used]
+        self.past[dsts] = self.past[src]
 
     def step_inputs(self, lengths: np.ndarray) -> dict:
         """The model's bookkeeping inputs for appending lengths[i] tokens to row i (the tokens'
@@ -120,3 +132,9 @@ class PagedKVCache:
 
     def advance(self, lengths: np.ndarray) -> None:
         self.past += lengths.astype(np.int32)
+
+
+def _by_block(tensor: ov.Tensor, blocks: int) -> np.ndarray:
+    """A cache tensor's bytes, one row per block (sub-byte types such as u4 come out of .data as
+    packed bytes, so blocks are moved as bytes)."""
+    return tensor.data.reshape(-1).view(np.uint8).reshape(blocks, -1)

@@ -122,14 +122,15 @@ class Context:
 
     def language_model(self, inputs_embeds: np.ndarray, lengths=None) -> np.ndarray:
         """Append tokens to the rows' sequences: inputs_embeds f32 [sum(lengths),H], row after row
-        (lengths None: one token per row). Returns each row's last hidden state f32 [B,H] (after
-        the final norm): a view into the output tensor when every row got one token."""
+        (lengths None: one token per row; a row may get none). Returns the last hidden state
+        (after the final norm) of each row that got tokens, f32 [rows,H]: a view into the output
+        tensor when every row got one token."""
         rows = len(self.kv.past)
         lengths = np.ones(rows, np.int32) if lengths is None else np.asarray(lengths, np.int32)
         hidden = self._run("language_model", {"inputs_embeds": inputs_embeds, **self.kv.step_inputs(lengths)})
         self.kv.advance(lengths)
         hidden = hidden.reshape(-1, hidden.shape[-1])  # [tokens,1,H] -> [tokens,H]
-        return hidden if len(hidden) == rows else hidden[np.cumsum(lengths) - 1]
+        return hidden if len(hidden) == rows else hidden[np.cumsum(lengths)[lengths > 0] - 1]
 
     def lm_head(self, hidden_states: np.ndarray) -> np.ndarray:
         """hidden_states f32 [B,T,H] -> logits f32 [B,T,V]"""

@@ -115,6 +115,29 @@ def test_start_can_keep_the_first_blocks_while_the_cache_grows(tiny_ir_fp32, tor
             assert cosine(got[0], ref[end - 1]) >= 0.99
 
 
+@pytest.mark.parametrize("config", [F32, {}], ids=["f32", "default-u8-cache"])
+def test_copied_rows_go_on_like_prefilled_ones(tiny_ir_fp32, torch_lm, config):
+    """A prompt prefilled in one row and copied into others (text_to_image's image batches):
+    every copy then continues with its own tokens exactly as if it had been prefilled."""
+    prompt, other = sequences(torch_lm, [45, 20], seed=6)  # 45: a whole block and part of the next
+    steps = sequences(torch_lm, [3, 3, 3, 3], seed=7)
+    with Runtime(tiny_ir_fp32, ov_config=config, max_concurrency=1, warm_up=False).context() as ctx:
+        ctx.start([48, 48, 48, 23])
+        first = ctx.language_model(np.concatenate([prompt, other]), [45, 0, 0, 20])  # rows 1 and 2 get none
+        assert first.shape == (2, torch_lm.config.hidden_size)
+        with pytest.raises(ValueError, match="copy"):
+            ctx.kv.copy_row(0, [3])  # row 3 holds tokens already (and has room for 23 only)
+        ctx.kv.copy_row(0, [1, 2])
+        outputs = feed(ctx, steps, [[1, 1, 1, 1]] * 3)
+    for i, out in enumerate(outputs):
+        for row, start in enumerate([prompt, prompt, prompt, other]):
+            ref = reference(torch_lm, np.concatenate([start, steps[row][:i + 1]]))[-1]
+            if config:
+                assert rel_error(out[row], ref) <= FP32_TOL, (i, row)
+            else:
+                assert cosine(out[row], ref) >= 0.99, (i, row)
+
+
 def test_start_keeps_only_whole_blocks_of_one_row(runtime, torch_lm):
     with runtime.context() as ctx:
         ctx.start([40, 40])
