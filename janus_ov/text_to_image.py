@@ -6,7 +6,8 @@ the prompt with every token but BOS and <begin_of_image> replaced by the pad tok
 a negative prompt, the negative prompt's tokens. Each row is its own sequence in the paged KV
 cache (kv_cache.py), so when the two differ in length nothing is padded: every row ends at
 <begin_of_image> and counts positions from 0, exactly what transformers' left padding with an
-attention mask computes.
+attention mask computes. The two prompts are prefilled once and their cache blocks copied into
+the other images' rows.
 
 Per step: three OpenVINO calls -- gen_head (hidden [2N,H] -> CFG-mixed logits [N,K], the mix
 folded into the IR), gen_embeddings (the sampled ids, twice) and the language model.
