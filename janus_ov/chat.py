@@ -91,12 +91,19 @@ def cached_prefix(ctx: Context, key: np.ndarray) -> int:
     return common // ctx.kv.block_size * ctx.kv.block_size
 
 
+def keyed_prompt(info: ModelInfo, input_ids, pixel_values: np.ndarray | None):
+    """(input_ids i64, image slots, fingerprints, prompt_key): what the cache is matched on.
+    Bad input (image count vs placeholders) fails here, before any cache is touched."""
+    input_ids = np.asarray(input_ids, np.int64)
+    prints = fingerprints(pixel_values)
+    slots = image_slots(info, input_ids, len(prints))
+    return input_ids, slots, prints, prompt_key(input_ids, slots, prints)
+
+
 def cache_affinity(info: ModelInfo, input_ids: np.ndarray, pixel_values: np.ndarray | None):
     """ctx -> how many prompt tokens its cache holds: for `Runtime.context(prefer=...)`, so that
     with several conversations at once a follow-up goes to the context that served its last turn."""
-    input_ids = np.asarray(input_ids, np.int64)
-    prints = fingerprints(pixel_values)
-    key = prompt_key(input_ids, image_slots(info, input_ids, len(prints)), prints)
+    key = keyed_prompt(info, input_ids, pixel_values)[3]
     return lambda ctx: cached_prefix(ctx, key)
 
 
@@ -107,12 +114,10 @@ def generate_tokens(ctx: Context, info: ModelInfo, input_ids: np.ndarray, pixel_
     stop_ids = frozenset((info.eos_id,) if stop_ids is None else stop_ids)
     stats = {} if stats is None else stats
     t0 = time.perf_counter()
-    input_ids = np.asarray(input_ids, np.int64)
+    input_ids, slots, prints, key = keyed_prompt(info, input_ids, pixel_values)
     n_prompt = len(input_ids)
     ids = np.zeros(n_prompt + max_new_tokens, np.int64)  # what the cache holds: ids[:fed], images as keys
-    prints = fingerprints(pixel_values)
-    slots = image_slots(info, input_ids, len(prints))  # (bad input fails here, before the cache is touched)
-    ids[:n_prompt] = prompt_key(input_ids, slots, prints)
+    ids[:n_prompt] = key
     token = np.zeros((1, 1), np.int64)  # the step's input, reused
 
     cached = cached_prefix(ctx, ids[:n_prompt])
