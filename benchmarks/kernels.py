@@ -7,19 +7,45 @@ chat token (1), one image step (2 CFG rows) and four images (8 rows) use. The we
 read per call divided by its time is the rate the int4 kernels stream weights at: the
 practical ceiling of our decode, below the numpy bandwidth of benchmarks/bandwidth.py.
 
-    python -m benchmarks.kernels            # prints one JSON line
+--sweep asks whether anything within reach moves that ceiling: the CPU plugin's own settings
+on our recipe (dynamic-quantization group, bf16 activations, one thread), and the other int4
+recipes NNCF offers (symmetric, group 128, per channel) -- which would be a change of the
+shipped recipe, not a setting.
+
+    python -m benchmarks.kernels            # our recipe, default settings: one JSON line
+    python -m benchmarks.kernels --sweep    # settings and recipes (~6 min on 2 cores)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
 
 LAYERS, HIDDEN, MLP = 24, 2048, 5632
+ROWS = (1, 2, 8)
+
+# NNCF arguments per recipe; SHIPPED is what janus_ov/compress.py uses.
+SHIPPED = "int4_asym_g64"
+RECIPES = {
+    "int4_asym_g64": ("INT4_ASYM", 64),
+    "int4_sym_g64": ("INT4_SYM", 64),
+    "int4_asym_g128": ("INT4_ASYM", 128),
+    "int4_asym_per_channel": ("INT4_ASYM", -1),
+}
+# CPU plugin settings tried on the shipped recipe ({} = what the runtime uses).
+SETTINGS = {
+    "default": {},
+    "dynamic_quantization_off": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"},
+    "dynamic_quantization_group_64": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "64"},
+    "bf16_activations": {"INFERENCE_PRECISION_HINT": "bf16"},
+    "one_thread": {"INFERENCE_NUM_THREADS": "1"},
+}
 
 
-def build_matmul_chain(layers: int = LAYERS, hidden: int = HIDDEN, mlp: int = MLP):
+def build_matmul_chain(recipe: str = SHIPPED, layers: int = LAYERS, hidden: int = HIDDEN, mlp: int = MLP):
+    """(compressed ov.Model of the matmul chain, weight bytes it holds)."""
     import nncf
     import numpy as np
     import openvino as ov
@@ -38,23 +64,27 @@ def build_matmul_chain(layers: int = LAYERS, hidden: int = HIDDEN, mlp: int = ML
         h = ops.add(h, attn)
         gated = ops.multiply(ops.swish(linear(h, hidden, mlp)), linear(h, hidden, mlp))
         h = ops.add(h, linear(gated, mlp, hidden))
-    model = ov.Model([h], [x])
-    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=64, ratio=1.0,
-                                  all_layers=True)
-    params = layers * (4 * hidden * hidden + 3 * hidden * mlp)
-    return model, params
+    mode, group_size = RECIPES[recipe]
+    model = nncf.compress_weights(ov.Model([h], [x]), mode=getattr(nncf.CompressWeightsMode, mode),
+                                  group_size=group_size, ratio=1.0, all_layers=True)
+    return model, weight_bytes(model)
 
 
-def measure(rows=(1, 2, 8), reps: int = 30) -> dict:
+def weight_bytes(model) -> int:
+    """Bytes of the model's constants (u4 packed two to a byte): what each call streams."""
+    return sum(op.get_byte_size() for op in model.get_ops() if op.get_type_name() == "Constant")
+
+
+def time_rows(model, nbytes: int, settings: dict, rows=ROWS, reps: int = 30) -> dict:
+    """Median ms per call and the weight GB/s it implies, per batch row count."""
     import numpy as np
     import openvino as ov
 
-    model, params = build_matmul_chain()
-    weight_bytes = params // 2 + params // 64 * 5 // 2  # u4 weights + per group an fp16 scale and a u4 zero point
-    request = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
-    out = {"params": params, "weight_bytes": weight_bytes, "rows": {}}
+    request = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", **settings}).create_infer_request()
+    out = {}
     for m in rows:
-        x = np.random.default_rng(1).standard_normal((m, HIDDEN)).astype(np.float32)
+        x = np.random.default_rng(1).standard_normal((m, model.inputs[0].get_partial_shape()[1].get_length()))
+        x = x.astype(np.float32)
         for _ in range(5):
             request.infer({0: x})
         times = []
@@ -63,9 +93,31 @@ def measure(rows=(1, 2, 8), reps: int = 30) -> dict:
             request.infer({0: x})
             times.append(time.perf_counter() - t0)
         ms = statistics.median(times) * 1000
-        out["rows"][m] = {"ms": round(ms, 2), "weights_gb_per_s": round(weight_bytes / ms / 1e6, 1)}
+        out[m] = {"ms": round(ms, 2), "weights_gb_per_s": round(nbytes / ms / 1e6, 1)}
+    return out
+
+
+def measure(rows=ROWS, reps: int = 30) -> dict:
+    """Our recipe with the runtime's settings."""
+    model, nbytes = build_matmul_chain()
+    return {"weight_bytes": nbytes, "rows": time_rows(model, nbytes, {}, rows, reps)}
+
+
+def sweep(rows=ROWS, reps: int = 30, **shape) -> dict:
+    """Every setting on our recipe, then every other recipe with the default settings."""
+    out = {"settings": {}, "recipes": {}}
+    for recipe in RECIPES:
+        model, nbytes = build_matmul_chain(recipe, **shape)
+        for name, settings in (SETTINGS if recipe == SHIPPED else {"default": {}}).items():
+            result = {"weight_bytes": nbytes, "rows": time_rows(model, nbytes, settings, rows, reps)}
+            if recipe == SHIPPED:
+                out["settings"][name] = result
+            if name == "default":
+                out["recipes"][recipe] = result
     return out
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure()))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", action="store_true", help="CPU plugin settings and NNCF recipes")
+    print(json.dumps(sweep() if parser.parse_args().sweep else measure()))

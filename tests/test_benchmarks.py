@@ -75,6 +75,24 @@ def test_bound_and_ratios_arithmetic():
     assert met["one image <= 25 s"] and met["VQ decode <= 1 s"] is None  # not measured -> unknown, not "met"
 
 
+def test_kernel_sweep_runs_every_setting_and_recipe_on_the_plugin():
+    """benchmarks.kernels --sweep on a one-layer chain: each CPU-plugin setting and NNCF recipe
+    compiles and runs, and the bytes its GB/s divide by are the compressed weights' own."""
+    from benchmarks import kernels
+
+    res = kernels.sweep(rows=(1, 2), reps=2, layers=1, hidden=128, mlp=256)
+    assert set(res["settings"]) == set(kernels.SETTINGS) and set(res["recipes"]) == set(kernels.RECIPES)
+    for _, value in _walk(res):
+        assert value > 0
+    size = {name: r["weight_bytes"] for name, r in res["recipes"].items()}
+    params = 4 * 128 * 128 + 3 * 128 * 256
+    # u4 weights packed two to a byte, per group of 64 an fp16 scale and a u4 zero point (+ a few shape constants)
+    assert size["int4_asym_g64"] == pytest.approx(params / 2 + params / 64 * 2.5, rel=0.01)
+    assert size["int4_asym_per_channel"] < size["int4_asym_g128"] < size["int4_asym_g64"]
+    assert size["int4_sym_g64"] < size["int4_asym_g64"]
+    assert res["recipes"]["int4_asym_g64"] is res["settings"]["default"]
+
+
 def _walk(node, path=""):
     if isinstance(node, dict):
         for k, v in node.items():
