@@ -231,7 +231,7 @@ def _vq_decoder(model):
 
     class VQDecoder(torch.nn.Module):
         """transformers' JanusVQVAE.decode, but for any number of whole token rows (a whole
-        image is 24 rows of 24): a preview decodes only the rows that are new (text_to_image.py).
+        image is 24 rows of 24): a preview decodes only the rows made so far (text_to_image.py).
         The decoder is convolutional, so the rows in the traced graph stay a dynamic size."""
 
         def __init__(self, vq):
