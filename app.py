@@ -28,6 +28,7 @@ import gradio as gr
 from janus_ov.errors import JanusError
 from janus_ov.original import SUPPORTED_MODELS as MODELS
 from janus_ov.parts import WEIGHT_FORMATS
+from janus_ov.prompts import PROMPT_STYLES
 from janus_ov.resolve import DEFAULT_MODEL
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -75,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=env("JANUS_WEIGHTS", "int4"),
                    help="weight format: " + "|".join(WEIGHT_FORMATS) + " [env JANUS_WEIGHTS]")
     p.add_argument("--device", default=env("JANUS_DEVICE", "CPU"), help="OpenVINO device [env JANUS_DEVICE]")
+    p.add_argument("--prompt-style", default=env("JANUS_PROMPT_STYLE", "auto"),
+                   help="chat template: auto (the checkpoint's files decide), pro (<|User|>) or legacy (User) "
+                   "[env JANUS_PROMPT_STYLE]")
     p.add_argument("--cache-dir", default=env("JANUS_OV_CACHE"),
                    help="where converted models are kept (default: janus_ov's cache) [env JANUS_OV_CACHE]")
     # On a Hugging Face Space (SPACE_ID is set) the proxy must reach us: listen on all interfaces.
@@ -99,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Defaults from the environment bypass argparse's own checks, so check every value here.
     if args.weights not in WEIGHT_FORMATS:
         p.error(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, not {args.weights!r}")
+    if args.prompt_style not in ("auto", *PROMPT_STYLES):
+        p.error(f"--prompt-style must be one of auto, {', '.join(PROMPT_STYLES)}, not {args.prompt_style!r}")
     for name, low in (("port", 1), ("max_images", 1), ("queue_size", 1)):
         try:
             setattr(args, name, int(getattr(args, name)))
@@ -146,7 +152,8 @@ def load_pipeline(args):
     print(f"Loading {model} (weights {args.weights}, device {args.device}) ...", flush=True)
     return JanusPipeline.from_pretrained(model, weights=args.weights, device=args.device, cache_dir=args.cache_dir,
                                          progress=lambda message: print(message, flush=True),
-                                         max_concurrency=CHAT_CONCURRENCY + IMAGE_CONCURRENCY)
+                                         max_concurrency=CHAT_CONCURRENCY + IMAGE_CONCURRENCY,
+                                         prompt_style=None if args.prompt_style == "auto" else args.prompt_style)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,26 @@ def load_checkpoint(model_dir, dtype=None) -> Checkpoint:
     return load_transformers(model_dir, dtype)
 
 
+def read_metadata(model_dir, prompt_style: str | None = None):
+    """(ModelInfo, tokenizer.json text) from a checkpoint's small files alone, without its weights:
+    exactly what a conversion would write for serving (prompt style, special ids, preprocessing)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelNotFoundError(f"{model_dir} is not a Janus checkpoint: it has no config.json.")
+    original = _original_module()
+    if original is not None and original.is_original_format(model_dir):
+        return original.read_metadata(model_dir, prompt_style)
+    from transformers import GenerationConfig, JanusConfig, JanusProcessor
+
+    try:
+        processor = JanusProcessor.from_pretrained(model_dir)
+        config, generation = JanusConfig.from_pretrained(model_dir), GenerationConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConversionError(f"Could not read the Janus checkpoint in {model_dir}: {err}") from err
+    info = model_info_from(config, generation, processor, prompt_style or "pro")
+    return info, tokenizer_json_of(model_dir, processor.tokenizer)
+
+
 def load_transformers(model_dir: Path, dtype=None) -> Checkpoint:
     from transformers import JanusForConditionalGeneration, JanusProcessor
 

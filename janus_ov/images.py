@@ -1,8 +1,10 @@
 """Images in and out: safe loading, the reference preprocessing, and pixels back to PIL.
 
-Serving path: numpy + PIL only. `preprocess` reproduces transformers' JanusImageProcessorPil
-bit for bit (resize longest side with PIL bicubic, pad to a centred square, rescale, normalise);
-`to_pil` reproduces its `postprocess`.
+Serving path: numpy + PIL only. `preprocess` reproduces the checkpoint's own processor bit for bit
+(resize longest side with PIL bicubic, pad to a centred square, rescale, normalise): transformers'
+JanusImageProcessor(Pil) for transformers-format repos, DeepSeek's VLMImageProcessor (which resizes
+PIL images through torchvision, i.e. with PIL, and truncates the shorter side) for the original
+ones. `to_pil` reproduces transformers' `postprocess`.
 """
 
 from __future__ import annotations
@@ -189,9 +191,17 @@ def _from_array(a: np.ndarray, max_pixels: int) -> Image.Image:
 
 # ---------------------------------------------------------------------------------- preprocessing
 
-def resized_size(width: int, height: int, image_size: int, min_size: int) -> tuple[int, int]:
-    """(width, height) after scaling the longest side to image_size, as JanusImageProcessorPil.resize."""
-    delta = image_size / max(height, width)
+def resized_size(width: int, height: int, image_size: int, min_size: int,
+                 rule: str = "transformers") -> tuple[int, int]:
+    """(width, height) after scaling the longest side to image_size, with each reference's own float
+    expression: transformers' JanusImageProcessor rounds `side * (size / longest)`; DeepSeek's
+    VLMImageProcessor truncates `side / longest * size` (a 500x333 image: 256 vs 255 rows)."""
+    longest = max(height, width)
+    if rule == "deepseek":
+        return (max(int(width / longest * image_size), min_size), max(int(height / longest * image_size), min_size))
+    if rule != "transformers":
+        raise InvalidInputError(f"unknown image resize rule {rule!r}; expected 'transformers' or 'deepseek'")
+    delta = image_size / longest
     return max(round(width * delta), min_size), max(round(height * delta), min_size)
 
 
@@ -210,9 +220,10 @@ def _channel_luts(info) -> np.ndarray:
 
 
 def preprocess(images, info) -> np.ndarray:
-    """RGB PIL images -> pixel_values f32 [N, 3, S, S] (S = info.image_size), exactly as the reference:
-    longest side resized to S (PIL bicubic, antialiased), shorter side max(round(...), min_size),
-    centred on a square of info.background_color, rescaled and normalised."""
+    """RGB PIL images -> pixel_values f32 [N, 3, S, S] (S = info.image_size), exactly as the checkpoint's
+    reference processor: longest side resized to S (PIL bicubic, antialiased), shorter side by
+    `resized_size`'s rule (info.image_resize), centred on a square of info.background_color,
+    rescaled and normalised."""
     images = list(images)
     size = int(info.image_size)
     out = np.empty((len(images), 3, size, size), dtype=np.float32)  # the only big allocation
@@ -221,7 +232,7 @@ def preprocess(images, info) -> np.ndarray:
     for i, im in enumerate(images):
         if not isinstance(im, Image.Image) or im.mode != "RGB":
             raise InvalidInputError("preprocess expects RGB PIL images; pass them through load_image first")
-        w, h = resized_size(im.width, im.height, size, int(info.min_size))
+        w, h = resized_size(im.width, im.height, size, int(info.min_size), info.image_resize)
         if (w, h) != im.size:
             im = im.resize((w, h), resample=Image.BICUBIC)
         if max(w, h) != size:  # cannot happen for sane sizes; guards the fixed-size output buffer

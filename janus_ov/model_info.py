@@ -46,6 +46,9 @@ class ModelInfo:
     do_normalize: bool = True
     rescale_factor: float = 1 / 255
     background_color: list = field(default_factory=lambda: [127, 127, 127])
+    # Whose resize rule: "transformers" (JanusImageProcessor: shorter side rounded) for the
+    # transformers-format repos, "deepseek" (VLMImageProcessor: truncated) for the original ones.
+    image_resize: str = "transformers"
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / FILE_NAME

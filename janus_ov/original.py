@@ -53,24 +53,36 @@ def is_original_format(model_dir) -> bool:
     return config.get("model_type") == "multi_modality" or all(k in config for k in SUB_CONFIGS)
 
 
-def prompt_style_for(model_dir, hidden_size: int) -> str:
+# DeepSeek's conversation templates (janus/utils/conversation.py): "deepseek" writes the roles
+# <|User|>/<|Assistant|> (Janus-Pro), "deepseek_old" User/Assistant (Janus-1.3B since the Pro release).
+SFT_FORMATS = {"deepseek": "pro", "deepseek_old": "legacy"}
+ROLE_TOKENS = ("<|User|>", "<|Assistant|>")
+
+
+def prompt_style_for(model_dir, processor: dict, has_role_tokens: bool, hidden_size: int) -> str:
     """"pro" (<|User|>/<|Assistant|>) or "legacy" (User/Assistant) for an original checkpoint.
 
-    The files of Janus-1.3B and Janus-Pro are alike (both say sft_format "deepseek", whose own
-    roles are User/Assistant); only the repo tells them apart. So: the innermost path component
-    naming the repo decides (a Hub cache path looks like .../models--deepseek-ai--Janus-Pro-1B/
-    snapshots/<sha>, a manual download is usually called Janus-Pro-1B); failing that, a
-    4096-wide language model can only be Janus-Pro-7B; anything else gets the format's own roles.
+    The files decide: processor_config.json's sft_format. Before Janus-Pro, DeepSeek's "deepseek"
+    template wrote User/Assistant (it was renamed "deepseek_old" when Pro came out), so an old
+    snapshot saying "deepseek" whose tokenizer has no <|User|>/<|Assistant|> tokens (Janus-1.3B's
+    never had them) keeps the old roles. Only a snapshot without the field falls back to its
+    path (a Hub cache path looks like .../models--deepseek-ai--Janus-Pro-1B/snapshots/<sha>),
+    then to the width (only Janus-Pro-7B is 4096 wide), then to the tokenizer's role tokens.
     """
-    paths = [Path(model_dir).absolute(), Path(model_dir).resolve()]
-    for path in paths:
+    sft = processor.get("sft_format")
+    if sft in SFT_FORMATS:
+        return "legacy" if sft == "deepseek" and not has_role_tokens else SFT_FORMATS[sft]
+    if sft is not None:
+        raise ConversionError(f"processor_config.json names sft_format {sft!r}; Janus uses "
+                              f"{' or '.join(map(repr, SFT_FORMATS))}. Pass prompt_style='pro' or 'legacy' to choose.")
+    for path in (Path(model_dir).absolute(), Path(model_dir).resolve()):
         for part in reversed(path.parts):
             name = part.lower().replace("_", "-")
             if "janus-pro" in name or "januspro" in name:
                 return "pro"
             if "janus-1.3b" in name:
                 return "legacy"
-    return "pro" if hidden_size >= 4096 else "legacy"
+    return "pro" if hidden_size >= 4096 or has_role_tokens else "legacy"
 
 
 # ----------------------------------------------------------------------------- weights on disk
@@ -430,16 +442,22 @@ def _token_text(value, default: str) -> str:
 
 
 def load_tokenizer(model_dir: Path, processor: dict):
-    """(tokenizer.json text with BOS added by its post-processor, {role: token id})."""
-    from tokenizers import Tokenizer, processors
+    """(tokenizer.json text as DeepSeek's VLChatProcessor sees it, {role: token id}).
 
-    text = (model_dir / "tokenizer.json")
-    if not text.is_file():
+    The processor adds its image tag when the vocabulary lacks it (Janus-1.3B's has none: it
+    becomes id 100581, after the last token); the file we keep includes it, and BOS is added by
+    its post-processor as DeepSeek's LlamaTokenizerFast does. "user"/"assistant" are the role
+    tokens' ids, None where the tokenizer has none.
+    """
+    from tokenizers import AddedToken, Tokenizer, processors
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
         raise ConversionError(f"{model_dir} lacks tokenizer.json (the fast tokenizer file every Janus repo ships).")
     try:
-        tokenizer = Tokenizer.from_str(text.read_text(encoding="utf-8"))
+        tokenizer = Tokenizer.from_str(path.read_text(encoding="utf-8"))
     except Exception as err:  # tokenizers raises a bare Exception subclass on bad JSON
-        raise ConversionError(f"{text} is not a valid tokenizer file: {err}") from err
+        raise ConversionError(f"{path} is not a valid tokenizer file: {err}") from err
     cfg = _read_json(model_dir / "tokenizer_config.json", required=False)
     special = _read_json(model_dir / "special_tokens_map.json", required=False)
     names = {
@@ -450,11 +468,16 @@ def load_tokenizer(model_dir: Path, processor: dict):
         "boi": BOI_TOKEN,
         "eoi": EOI_TOKEN,
     }
+    changed = False
+    if tokenizer.token_to_id(names["image"]) is None:  # VLChatProcessor.__init__: add_special_tokens
+        tokenizer.add_special_tokens([AddedToken(names["image"], special=True, normalized=False)])
+        changed = True
     ids = {}
     for role, token in names.items():
         ids[role] = tokenizer.token_to_id(token)
         if ids[role] is None:
             raise ConversionError(f"The tokenizer in {model_dir} has no {token!r} token; is this a Janus checkpoint?")
+    ids["user"], ids["assistant"] = (tokenizer.token_to_id(t) for t in ROLE_TOKENS)
     # DeepSeek's LlamaTokenizerFast prepends BOS at load time (add_bos_token); the runtime uses
     # plain `tokenizers`, so the file itself must do it.
     if cfg.get("add_bos_token", True) and tokenizer.encode("a").ids[:1] != [ids["bos"]]:
@@ -462,39 +485,84 @@ def load_tokenizer(model_dir: Path, processor: dict):
                                             special_tokens=[(names["bos"], ids["bos"])])
         old = tokenizer.post_processor
         tokenizer.post_processor = processors.Sequence([old, bos]) if old is not None else bos
-        return tokenizer.to_str(), ids
-    return text.read_text(encoding="utf-8"), ids
+        changed = True
+    return (tokenizer.to_str() if changed else path.read_text(encoding="utf-8")), ids
 
 
-def model_info(model_dir: Path, config, processor: dict, preprocess: dict, ids: dict) -> ModelInfo:
-    """What the serving side needs: prompt style, token ids, sizes, the checkpoint's preprocessing."""
-    vision, text = config.vision_config, config.text_config
-    too_big = {role: i for role, i in ids.items() if i >= text.vocab_size}
+def model_info(model_dir: Path, sizes: dict, processor: dict, preprocess: dict, ids: dict,
+               prompt_style: str | None = None) -> ModelInfo:
+    """What the serving side needs: prompt style, token ids, sizes, the checkpoint's preprocessing.
+
+    `sizes` (hidden_size, vocab_size, codebook_size, max_position_embeddings, and the vision
+    tower's image_size / num_image_tokens) come from the weights (`_sizes_of`) when converting,
+    from config.json alone (`_declared_sizes`) when only the metadata is read.
+    """
+    vocab = sizes["vocab_size"]
+    too_big = {role: i for role, i in ids.items() if i is not None and i >= vocab}
     if too_big:
-        raise ConversionError(f"Token ids {too_big} lie beyond the {text.vocab_size}-row embedding table: "
+        raise ConversionError(f"Token ids {too_big} lie beyond the {vocab}-row embedding table: "
                               "the tokenizer does not belong to these weights.")
-    num_image_tokens = int(processor.get("num_image_tokens", vision.num_image_tokens))
-    image_size = int(preprocess.get("image_size", vision.image_size))
-    if num_image_tokens != vision.num_image_tokens or image_size != vision.image_size:
+    num_image_tokens = int(processor.get("num_image_tokens", sizes["num_image_tokens"]))
+    image_size = int(preprocess.get("image_size", sizes["image_size"]))
+    if (num_image_tokens, image_size) != (sizes["num_image_tokens"], sizes["image_size"]):
         raise ConversionError(f"The processor config ({image_size}px, {num_image_tokens} image tokens) does not fit "
-                              f"the vision tower ({vision.image_size}px, {vision.num_image_tokens} positions).")
-    # Defaults are those of DeepSeek's VLMImageProcessor, for keys a checkpoint leaves out.
+                              f"the vision tower ({sizes['image_size']}px, {sizes['num_image_tokens']} positions).")
+    # Defaults are those of DeepSeek's VLMImageProcessor, for keys a checkpoint leaves out. Its
+    # __init__ sets the padding colour from image_mean, overriding a background_color key.
     mean = [float(v) for v in preprocess.get("image_mean", (0.48145466, 0.4578275, 0.40821073))]
     std = [float(v) for v in preprocess.get("image_std", (0.26862954, 0.26130258, 0.27577711))]
-    background = preprocess.get("background_color") or [int(v * 255) for v in mean]
+    has_roles = ids.get("user") is not None and ids.get("assistant") is not None
     return ModelInfo(
-        prompt_style=prompt_style_for(model_dir, text.hidden_size),
+        prompt_style=prompt_style or prompt_style_for(model_dir, processor, has_roles, sizes["hidden_size"]),
         system_prompt=DEFAULT_SYSTEM_PROMPT,  # VLChatProcessor.system_prompt, used for understanding
         bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"],
         image_id=ids["image"], boi_id=ids["boi"], eoi_id=ids["eoi"],
-        hidden_size=int(text.hidden_size), vocab_size=int(text.vocab_size),
-        codebook_size=int(config.vq_config.num_embeddings), num_image_tokens=num_image_tokens,
-        max_position_embeddings=int(text.max_position_embeddings),
+        hidden_size=int(sizes["hidden_size"]), vocab_size=int(vocab),
+        codebook_size=int(sizes["codebook_size"]), num_image_tokens=num_image_tokens,
+        max_position_embeddings=int(sizes["max_position_embeddings"]),
         image_size=image_size, min_size=int(preprocess.get("min_size", 14)),
         image_mean=mean, image_std=std, do_normalize=bool(preprocess.get("do_normalize", True)),
         rescale_factor=float(preprocess.get("rescale_factor", 1 / 255)),
-        background_color=[int(v) for v in background],
+        background_color=[int(v * 255) for v in mean],
+        image_resize="deepseek",
     )
+
+
+def _sizes_of(config) -> dict:
+    """model_info's sizes from the JanusConfig built from the tensor shapes."""
+    vision, text = config.vision_config, config.text_config
+    return dict(hidden_size=text.hidden_size, vocab_size=text.vocab_size,
+                codebook_size=config.vq_config.num_embeddings,
+                max_position_embeddings=text.max_position_embeddings,
+                image_size=vision.image_size, num_image_tokens=vision.num_image_tokens)
+
+
+def _declared_sizes(config: dict) -> dict:
+    """model_info's sizes as config.json declares them (DeepSeek's code builds LlamaConfig(**language_config),
+    so an absent key has LlamaConfig's default, e.g. Janus-Pro-7B's hidden size 4096)."""
+    from transformers import LlamaConfig
+
+    language = LlamaConfig(**{k: v for k, v in config["language_config"].items() if not k.startswith("_")})
+    vision = config["vision_config"].get("params") or {}
+    image_size = int(vision.get("image_size", 384))
+    named_patch = re.search(r"patch(\d+)", str(vision.get("model_name", "")))
+    patch = int(named_patch.group(1)) if named_patch else 16
+    codebook = (config["gen_vision_config"].get("params") or {}).get("image_token_size", 16384)
+    return dict(hidden_size=language.hidden_size, vocab_size=language.vocab_size, codebook_size=int(codebook),
+                max_position_embeddings=language.max_position_embeddings,
+                image_size=image_size, num_image_tokens=(image_size // patch) ** 2)
+
+
+def read_metadata(model_dir, prompt_style: str | None = None):
+    """(ModelInfo, tokenizer.json text) of an original checkpoint from its small files alone, without
+    reading any weight: what serving would use, for checks and tools that have no weights at hand."""
+    model_dir = Path(model_dir)
+    config = read_original_config(model_dir)
+    processor = _read_json(model_dir / "processor_config.json", required=False)
+    tokenizer_json, ids = load_tokenizer(model_dir, processor)
+    info = model_info(model_dir, _declared_sizes(config), processor,
+                      _read_json(model_dir / "preprocessor_config.json"), ids, prompt_style)
+    return info, tokenizer_json
 
 
 # ----------------------------------------------------------------------------- loading
@@ -519,7 +587,8 @@ def load_parts(model_dir, dtype=None):
     weights = WeightFiles(model_dir)
     janus_config = build_config(config, weights.shapes(), ids)
     # Everything is checked on names and shapes before the first tensor is read.
-    info = model_info(model_dir, janus_config, processor, _read_json(model_dir / "preprocessor_config.json"), ids)
+    info = model_info(model_dir, _sizes_of(janus_config), processor,
+                      _read_json(model_dir / "preprocessor_config.json"), ids)
     with torch.device("meta"):
         model = JanusForConditionalGeneration(janus_config)
     num_embeddings = janus_config.vq_config.num_embeddings
@@ -538,7 +607,7 @@ def load_original(model_dir, dtype=None):
 
     `dtype=None` keeps the stored dtype (config's torch_dtype, bf16 for DeepSeek's repos).
     """
-    from .checkpoint import Checkpoint  # helper A's dataclass; imported late to avoid a cycle
+    from .checkpoint import Checkpoint  # imported late: checkpoint.py imports this module
 
     model, info, tokenizer_json = load_parts(model_dir, dtype)
     return Checkpoint(model=model, info=info, tokenizer_json=tokenizer_json)

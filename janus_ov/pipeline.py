@@ -12,6 +12,7 @@ openvino, tokenizers -- never torch or transformers (unless from_pretrained has 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,8 +24,7 @@ from . import chat as chat_loop
 from . import text_to_image as t2i
 from .errors import InvalidInputError
 from .images import load_image, preprocess, to_pil
-from .model_info import ModelInfo
-from .prompts import chat_prompt, collect_images, fit_conversation, image_prompt
+from .prompts import chat_prompt, check_prompt_style, collect_images, fit_conversation, image_prompt
 from .runtime import Runtime
 from .sampling import ImageSampler, TokenSampler, check_int, check_number, check_seed
 from .tokenizer import JanusTokenizer
@@ -36,10 +36,13 @@ MAX_CFG = 20.0
 
 class JanusPipeline:
     def __init__(self, model_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
-                 max_concurrency: int = 2, compile_cache_dir: str | Path | None = None, weights: str | None = None):
+                 max_concurrency: int = 2, compile_cache_dir: str | Path | None = None, weights: str | None = None,
+                 prompt_style: str | None = None):
         self.model_dir = Path(model_dir)
-        self.info = ModelInfo.load(self.model_dir)
         self.tokenizer = JanusTokenizer.from_dir(self.model_dir)
+        if prompt_style is not None:  # the checkpoint's files decided at conversion; this overrides them
+            self.tokenizer.info = dataclasses.replace(self.tokenizer.info, prompt_style=check_prompt_style(prompt_style))
+        self.info = self.tokenizer.info
         self.device = device
         self.weights = weights or _manifest_weights(self.model_dir)
         if self.weights == "fp32":  # asked for full precision: no bf16 arithmetic on CPUs that have it
@@ -49,22 +52,28 @@ class JanusPipeline:
 
     @classmethod
     def from_pretrained(cls, model: str, weights: str = "int4", device: str = "CPU", cache_dir=None,
-                        ov_config: dict | None = None, progress=print, max_concurrency: int = 2) -> "JanusPipeline":
+                        ov_config: dict | None = None, progress=print, max_concurrency: int = 2,
+                        prompt_style: str | None = None) -> "JanusPipeline":
         """A Hub id (optionally id@revision), a local checkpoint or an exported directory. Converts on first
-        use into the cache (`cache_dir`, default ~/.cache/janus_ov); compiled blobs go to `<cache>/compiled`."""
+        use into the cache (`cache_dir`, default ~/.cache/janus_ov); compiled blobs go to `<cache>/compiled`.
+        `prompt_style` ("pro" | "legacy") overrides the chat template the checkpoint's files chose."""
         from .cache import default_cache_dir, ensure_converted
 
+        if prompt_style is not None:
+            check_prompt_style(prompt_style)  # before minutes of conversion
         path = ensure_converted(model, weights=weights, cache_dir=cache_dir, progress=progress)
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        return cls(path, device, ov_config, max_concurrency, compile_cache_dir=root / "compiled", weights=weights)
+        return cls(path, device, ov_config, max_concurrency, compile_cache_dir=root / "compiled", weights=weights,
+                   prompt_style=prompt_style)
 
     @classmethod
     def from_converted(cls, ir_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
-                       max_concurrency: int = 2) -> "JanusPipeline":
+                       max_concurrency: int = 2, prompt_style: str | None = None) -> "JanusPipeline":
         """A directory that already holds the IR parts (from the cache or `python -m janus_ov export`)."""
         from .cache import default_cache_dir
 
-        return cls(ir_dir, device, ov_config, max_concurrency, compile_cache_dir=default_cache_dir() / "compiled")
+        return cls(ir_dir, device, ov_config, max_concurrency, compile_cache_dir=default_cache_dir() / "compiled",
+                   prompt_style=prompt_style)
 
     # ------------------------------------------------------------------------------------------ chat
 

@@ -3,7 +3,7 @@
 "pro" (Janus-Pro, transformers-format repos) reproduces the deepseek-community chat template with
 JanusProcessor(use_default_system_prompt=True):
     {system}\n\n<|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>: {answer}<eos><|User|>: ...<|Assistant|>:
-"legacy" (Janus-1.3B) is DeepSeek's "deepseek" sft format with the roles written User / Assistant:
+"legacy" (Janus-1.3B) is DeepSeek's "deepseek_old" sft format (roles User / Assistant):
     {system}\n\nUser: <image_placeholder>\n{question}\n\nAssistant: {answer}<eos>User: ...Assistant:
 A turn's images come before its text, laid out as the template lays out content=[image, ..., text]:
 placeholders joined by "\n\n", then "\n" + text.
@@ -20,6 +20,13 @@ EOS_TEXT = "<\uff5cend\u2581of\u2581sentence\uff5c>"
 # Text that would desynchronise image tokens and image embeddings if a user typed it.
 _RESERVED = (IMAGE_TAG, "<begin_of_image>", "<end_of_image>")
 _ROLE_NAMES = {"pro": ("<|User|>", "<|Assistant|>"), "legacy": ("User", "Assistant")}
+PROMPT_STYLES = tuple(_ROLE_NAMES)
+
+
+def check_prompt_style(style: str) -> str:
+    if style not in PROMPT_STYLES:
+        raise InvalidInputError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
+    return style
 
 
 def _roles(info) -> tuple[str, str]:

@@ -86,7 +86,11 @@ def test_full_size_janus_1_3b_maps_onto_transformers_janus():
 
     shapes = {k: tuple(v["shape"]) for k, v in json.loads(FULL_PARAMS.read_text(encoding="utf-8")).items()}
     assert len(shapes) == 882
-    ids = {"bos": 100000, "eos": 100001, "pad": 100002, "image": 100581, "boi": 100016, "eoi": 100593}
+    # The run-time ids of the real Janus-1.3B files (the JSON declares pad/boi/eoi 13 higher: 100015/100016/100593).
+    info, _ = original.read_metadata(DATA / "real-metadata" / "deepseek-ai--Janus-1.3B")
+    ids = {"bos": info.bos_id, "eos": info.eos_id, "pad": info.pad_id, "image": info.image_id, "boi": info.boi_id,
+           "eoi": info.eoi_id}
+    assert ids == {"bos": 100000, "eos": 100001, "pad": 100002, "image": 100581, "boi": 100003, "eoi": 100580}
     config = original.build_config(full_size_config(), shapes, ids)
     vision, vq, text = config.vision_config, config.vq_config, config.text_config
     # Sizes read from the tensors are Janus-1.3B's: SigLIP-L/16 384, VQ-16, DeepSeek-LLM 1.3B.
@@ -236,7 +240,7 @@ def test_model_info_and_tokenizer(loaded_fp32):
 
     model_dir, model, info, tokenizer_json = loaded_fp32
     tok = Tokenizer.from_str(tokenizer_json)
-    assert info.prompt_style == "legacy"  # fixture README: sft_format "deepseek", roles User/Assistant
+    assert info.prompt_style == "pro"  # sft_format "deepseek" and a tokenizer with <|User|>/<|Assistant|>
     assert info.system_prompt.startswith("You are a helpful language and vision assistant.")
     expected = {"bos_id": "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "eos_id": "<\uff5cend\u2581of\u2581sentence\uff5c>",
                 "pad_id": "<\uff5c\u2581pad\u2581\uff5c>", "image_id": "<image_placeholder>",
@@ -251,16 +255,23 @@ def test_model_info_and_tokenizer(loaded_fp32):
     assert model.generation_config.generation_kwargs == {"boi_token_id": info.boi_id}
 
 
-def test_prompt_style_from_hub_cache_path_and_name(tmp_path):
-    snapshot = tmp_path / "hub" / "models--deepseek-ai--Janus-Pro-1B" / "snapshots" / "0123abc"
+def test_prompt_style_from_hub_cache_path_and_name_without_sft_format(tmp_path):
+    """The files decide (sft_format); only a snapshot without the field falls back to its path, width, tokens."""
+    snapshot = tmp_path / "hub" / "models--deepseek-ai--Janus-1.3B" / "snapshots" / "0123abc"
     snapshot.parent.mkdir(parents=True)
     shutil.copytree(TINY_BIN, snapshot)
-    _, info, _ = original.load_parts(snapshot)
-    assert info.prompt_style == "pro"
-    assert original.prompt_style_for(tmp_path / "models" / "Janus-1.3B", 2048) == "legacy"
-    assert original.prompt_style_for(tmp_path / "janus_pro_7b", 4096) == "pro"
-    assert original.prompt_style_for(tmp_path / "my-model", 4096) == "pro"  # only Janus-Pro-7B is 4096 wide
-    assert original.prompt_style_for(tmp_path / "my-model", 2048) == "legacy"
+    assert original.load_parts(snapshot)[1].prompt_style == "pro"  # its sft_format "deepseek" decides
+    processor = json.loads((snapshot / "processor_config.json").read_text(encoding="utf-8"))
+    del processor["sft_format"]
+    (snapshot / "processor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    assert original.load_parts(snapshot)[1].prompt_style == "legacy"  # the Hub cache path names Janus-1.3B
+    style = original.prompt_style_for
+    assert style(tmp_path / "models" / "Janus-1.3B", {}, True, 2048) == "legacy"
+    assert style(tmp_path / "janus_pro_7b", {}, False, 4096) == "pro"
+    assert style(tmp_path / "my-model", {}, False, 4096) == "pro"  # only Janus-Pro-7B is 4096 wide
+    assert style(tmp_path / "my-model", {}, False, 2048) == "legacy"
+    assert style(tmp_path / "my-model", {}, True, 2048) == "pro"  # only Janus-Pro tokenizers have role tokens
+    assert style(tmp_path / "Janus-Pro-1B", {"sft_format": "deepseek_old"}, True, 2048) == "legacy"
 
 
 def test_follows_preprocessor_config(tmp_path):
@@ -446,7 +457,7 @@ def test_converted_original_matches_original_computation(original_ir):
     from janus_ov.model_info import ModelInfo
 
     info = ModelInfo.load(original_ir)
-    assert info.prompt_style == "legacy" and info.codebook_size == 256 and info.bos_id == 353
+    assert info.prompt_style == "pro" and info.codebook_size == 256 and info.bos_id == 353
     w = {k: v.float() for k, v in source_tensors(TINY_BIN).items()}
 
     pixels = torch.rand(1, 3, 384, 384, generator=torch.Generator().manual_seed(2)) * 2 - 1
@@ -470,18 +481,18 @@ def test_converted_original_matches_original_computation(original_ir):
     torch.testing.assert_close(torch.from_numpy(logits), ref, rtol=1e-3, atol=1e-3)
 
 
-LEGACY_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
+SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
                  "the user provides, and assist the user with a variety of tasks using natural language.")
 
 
 @torch.no_grad()
 def reference_greedy(model, tokenizer_json: str, question: str, image, steps: int) -> list:
-    """Greedy answer of the PyTorch model to DeepSeek's legacy prompt, built as VLChatProcessor builds it."""
+    """Greedy answer of the PyTorch model to DeepSeek's "deepseek" prompt, built as VLChatProcessor builds it."""
     import numpy as np
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
-    ids = tok.encode(f"{LEGACY_SYSTEM}\n\nUser: <image_placeholder>\n{question}\n\nAssistant:").ids
+    ids = tok.encode(f"{SYSTEM}\n\n<|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>:").ids
     at = ids.index(356)  # the placeholder becomes <begin_of_image> + 576 x <image_placeholder> + <end_of_image>
     ids = ids[:at] + [358] + [356] * 576 + [359] + ids[at + 1:]
     # A 384x384 image needs no resize or padding: only rescale and normalise (mean = std = 0.5).

@@ -183,20 +183,20 @@ def test_stream_cost_stays_constant(tok):
 
 
 def test_legacy_original_checkpoint_matches_deepseek_processing():
-    """Janus-1.3B style (original format fixture): DeepSeek's VLChatProcessor tokenises the sft prompt with
-    the checkpoint's tokenizer (BOS added) and replaces each <image_placeholder> by boi + 576 x image + eoi."""
+    """The legacy template (Janus-1.3B's User/Assistant, here chosen by the prompt_style override) on the
+    original-format fixture: DeepSeek's VLChatProcessor tokenises the sft prompt with the checkpoint's
+    tokenizer (BOS added) and replaces each <image_placeholder> by boi + 576 x image + eoi."""
     from pathlib import Path
 
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from janus_ov.original import load_original
+    from janus_ov.original import read_metadata
 
     fixture = Path(__file__).parent / "data" / "tiny-janus-original"
-    ck = load_original(fixture)
-    info = ck.info
+    info, tokenizer_json = read_metadata(fixture, prompt_style="legacy")
     assert info.prompt_style == "legacy"
-    tok = JanusTokenizer(Tokenizer.from_str(ck.tokenizer_json), info)
+    tok = JanusTokenizer(Tokenizer.from_str(tokenizer_json), info)
     messages = [{"role": "user", "content": "Describe the image.", "images": [IMG]},
                 {"role": "assistant", "content": "A cat."},
                 {"role": "user", "content": "And this one? 中文", "images": [IMG]}]
