@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -25,11 +22,17 @@ from pathlib import Path
 
 import gradio as gr
 
-from janus_ov.errors import JanusError
-from janus_ov.original import SUPPORTED_MODELS as MODELS
-from janus_ov.parts import WEIGHT_FORMATS
-from janus_ov.prompts import PROMPT_STYLES
-from janus_ov.resolve import DEFAULT_MODEL
+from janus_ov import (
+    DEFAULT_MODEL,
+    PROMPT_STYLES,
+    SUPPORTED_MODELS,
+    WEIGHT_FORMATS,
+    ImageResult,
+    JanusError,
+    summary,
+    tiny_demo_checkpoint,
+    upscale,
+)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_SEED = 2**31 - 1
@@ -71,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Janus Studio: multimodal chat and text-to-image on OpenVINO.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=env("JANUS_MODEL", DEFAULT_MODEL), metavar="ID|PATH",
-                   help="Hub id (optionally id@revision) or local directory; supported: " + ", ".join(MODELS)
+                   help="Hub id (optionally id@revision) or local directory; supported: " + ", ".join(SUPPORTED_MODELS)
                    + " [env JANUS_MODEL]")
     p.add_argument("--weights", default=env("JANUS_WEIGHTS", "int4"),
                    help="weight format: " + "|".join(WEIGHT_FORMATS) + " [env JANUS_WEIGHTS]")
@@ -123,35 +126,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Model loading (before serving, so the first request never waits for a conversion)
 
 
-def tiny_checkpoint(cache_dir: str | None) -> Path:
-    """Build the tiny random checkpoint once into the cache; later launches reuse it."""
-    from janus_ov.cache import default_cache_dir
-    from janus_ov.tiny import build_tiny_model
-
-    root = Path(cache_dir or default_cache_dir())
-    target = root / "tiny-demo-checkpoint"
-    if not (target / "config.json").exists():
-        print(f"Building the tiny random-weight demo model in {target} ...", flush=True)
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tiny-demo-", dir=root))
-        try:  # build aside, then rename: a killed build never looks finished
-            build_tiny_model(staging)
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").exists():  # not just another process finishing first
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def load_pipeline(args):
     from janus_ov.pipeline import JanusPipeline
 
-    model = str(tiny_checkpoint(args.cache_dir)) if args.tiny_demo else args.model
+    say = lambda message: print(message, flush=True)  # noqa: E731
+    model = str(tiny_demo_checkpoint(args.cache_dir, say)) if args.tiny_demo else args.model
     print(f"Loading {model} (weights {args.weights}, device {args.device}) ...", flush=True)
     return JanusPipeline.from_pretrained(model, weights=args.weights, device=args.device, cache_dir=args.cache_dir,
-                                         progress=lambda message: print(message, flush=True),
+                                         progress=say,
                                          max_concurrency=CHAT_CONCURRENCY + IMAGE_CONCURRENCY,
                                          prompt_style=None if args.prompt_style == "auto" else args.prompt_style)
 
@@ -184,7 +166,7 @@ def readable_errors():
         raise user_error(str(e)) from None
 
 
-def _parts(message: dict) -> tuple[str, list[str]]:
+def _text_and_images(message: dict) -> tuple[str, list[str]]:
     """(text, image paths) of one Chatbot message in Gradio's normalized form."""
     content = message["content"]
     texts, images = [], []
@@ -206,7 +188,7 @@ def to_janus_messages(history: list[dict]) -> list[dict]:
     for message in history:
         if message["role"] not in ("user", "assistant"):
             continue
-        text, images = _parts(message)
+        text, images = _text_and_images(message)
         if messages and messages[-1]["role"] == message["role"]:
             messages[-1]["content"] = "\n".join(t for t in (messages[-1]["content"], text) if t)
             messages[-1]["images"] += images
@@ -223,28 +205,6 @@ def _split_last_user_turn(history: list[dict]) -> tuple[list[dict], list[dict]]:
     while i > 0 and history[i - 1]["role"] == "user":
         i -= 1
     return history[:i], history[i:]
-
-
-def upscale(images, size: int):
-    from PIL import Image
-
-    if size == images[0].width:
-        return images
-    return [im.resize((size, size), Image.Resampling.LANCZOS) for im in images]
-
-
-def _format_stats(stats: dict) -> str:
-    """One line from pipeline.last_stats."""
-    if stats.get("task") == "chat" and stats.get("new_tokens"):
-        reused = stats.get("cached_tokens", 0)
-        return (f"{stats['new_tokens']} tokens at {stats.get('decode_tokens_per_s', 0):.1f} tokens/s, "
-                f"first token after {stats.get('time_to_first_token_s', 0):.2f} s"
-                + (f" ({reused} of {stats.get('prompt_tokens', 0)} prompt tokens reused)" if reused else ""))
-    if stats.get("task") == "image" and stats.get("total_s"):
-        n = stats.get("num_images", 1)
-        return (f"{n} image{'s' * (n > 1)}, {stats['total_s'] / n:.1f} s/image "
-                f"({stats.get('steps_per_s', 0):.1f} steps/s)")
-    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,57 +239,55 @@ class Studio:
     def __init__(self, pipe, args):
         self.pipe, self.args = pipe, args
         self.chat_stops, self.image_stops = StopFlags(), StopFlags()
-        self.speed = {"chat": "", "image": ""}  # last run of each kind, for the footer
+        self.speed: dict[str, dict] = {}  # per browser session: its own last run of each kind, for its footer
 
     def forget(self, request: gr.Request):
         """The page was closed: stop whatever still runs for it."""
         self.chat_stops.forget(request.session_hash)
         self.image_stops.forget(request.session_hash)
+        self.speed.pop(request.session_hash, None)
 
-    def footer(self) -> str:
+    def footer(self, request: gr.Request = None) -> str:
         a = self.args
         model = "tiny random demo model" if a.tiny_demo else a.model
         line = f"Model **{model}** · weights **{a.weights}** · device **{a.device}**"
-        if self.speed["chat"]:
-            line += f" · last chat: {self.speed['chat']}"
-        if self.speed["image"]:
-            line += f" · last images: {self.speed['image']}"
+        speed = self.speed.get(request.session_hash, {}) if request is not None else {}
+        if speed.get("chat"):
+            line += f" · your last chat: {speed['chat']}"
+        if speed.get("image"):
+            line += f" · your last images: {speed['image']}"
         return line
 
-    def _record(self, task: str):
-        stats = dict(self.pipe.last_stats)
-        if stats.get("task") == task:  # not a run of the other kind that ended meanwhile
-            self.speed[task] = _format_stats(stats)
+    def _record(self, request: gr.Request | None, stats: dict):
+        if request is not None and request.session_hash and summary(stats):
+            self.speed.setdefault(request.session_hash, {})[stats["task"]] = summary(stats)
 
     # -- chat
-    def _answer(self, messages, temperature, top_p, max_new_tokens, seed, stop):
+    def _answer(self, messages, temperature, top_p, max_new_tokens, seed, stop, request=None):
         """Stream the growing answer text."""
-        answer, done = "", False
+        done = False
         with readable_errors():
             stream = self.pipe.chat_stream(messages, max_new_tokens=_whole(max_new_tokens, "max_new_tokens"),
                                            temperature=temperature, top_p=top_p, seed=_whole(seed, "seed"),
                                            stop_event=stop)  # checks every input before it starts
             try:
-                for piece in stream:
-                    answer += piece
-                    yield answer
+                for _ in stream:
+                    yield stream.text
                 done = True
             finally:
                 if not done:  # the client went away or cancelled: stop the model too
                     stop.set()
                     stream.close()
-        self._record("chat")
+        self._record(request, stream.stats)
 
     def add_user_turn(self, message: dict, history: list, request: gr.Request):
-        from janus_ov.images import load_image
-
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
-        if not text:
-            raise user_error("Type a question or instruction (images alone are not a message).")
+        if not text and not files:
+            raise user_error("Type a question or attach an image.")
         for path in files:  # reject a broken upload now, before it enters the history
             try:
-                load_image(path)
+                self.pipe.prepare_images([path])  # decoded once: the answer reuses these pixels
             except JanusError as e:  # name the upload as the user knows it, not by its server path
                 raise user_error(str(e).replace(path, Path(path).name)) from None
         self.chat_stops.arm(request)
@@ -342,10 +300,10 @@ class Studio:
             return
         messages = to_janus_messages(history)
         history = history + [{"role": "assistant", "content": ""}]
-        for answer in self._answer(messages, temperature, top_p, max_new_tokens, seed, stop):
+        for answer in self._answer(messages, temperature, top_p, max_new_tokens, seed, stop, request):
             history[-1]["content"] = answer
             yield history, gr.skip()
-        yield history, self.footer()
+        yield history, self.footer(request)
 
     def retry(self, history: list, request: gr.Request):
         before, turn = _split_last_user_turn(history)
@@ -357,13 +315,14 @@ class Studio:
         texts, files = [], []
         for message in turn:
             if message["role"] == "user":
-                text, images = _parts(message)
+                text, images = _text_and_images(message)
                 texts.append(text)
                 files += images
         return before, {"text": "\n".join(t for t in texts if t), "files": files}
 
     def chat_api(self, message: str, images: list | None = None, history: list | None = None,
-                 temperature: float = 0.0, top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 42):
+                 temperature: float = 0.0, top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 42,
+                 request: gr.Request = None):
         """Answer `message` about `images` (optional) after earlier text turns in `history`
         ([{"role": "user"|"assistant", "content": str}, ...]); streams the growing answer."""
         history = history or []
@@ -371,55 +330,42 @@ class Studio:
                 isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
                 for m in history):
             raise user_error('history must be a list of {"role": "user"|"assistant", "content": "..."}.')
-        if not (message or "").strip():
-            raise user_error("message is empty: type a question or instruction.")
         paths = list(images or [])  # gr.File hands over local file paths
+        if not (message or "").strip() and not paths:
+            raise user_error("message is empty: type a question or attach an image.")
         messages = [{"role": m["role"], "content": m["content"], "images": []} for m in history]
-        messages.append({"role": "user", "content": message.strip(), "images": paths})
-        yield from self._answer(messages, temperature, top_p, max_new_tokens, seed, threading.Event())
+        messages.append({"role": "user", "content": (message or "").strip(), "images": paths})
+        yield from self._answer(messages, temperature, top_p, max_new_tokens, seed, threading.Event(), request)
 
     # -- text to image
-    def _images(self, prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop, progress):
-        """Yield previews while the pipeline works (it runs in a thread and calls back),
-        then the finished list of images."""
+    def _images(self, prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop, progress,
+                request=None):
+        """Yield previews while the pipeline works, then the finished list of images."""
         num_images = _whole(num_images, "num_images")
         if not 1 <= num_images <= self.args.max_images:  # this server's limit, stricter than janus_ov's
             raise user_error(f"num_images must be between 1 and {self.args.max_images}, got {num_images}.")
         sizes = [s for _, s in UPSCALE_CHOICES]
         if size not in sizes:
             raise user_error(f"size must be one of {sizes}, got {size!r}.")
-        events, result = queue.Queue(), {}
-
-        def work():
-            try:
-                result["images"] = self.pipe.generate_images(
-                    prompt, negative_prompt=negative_prompt or None, num_images=num_images, cfg_weight=cfg_weight,
-                    temperature=temperature, seed=seed, stop_event=stop,
-                    callback=lambda step, total, preview: events.put((step, total, preview)))
-            except BaseException as e:  # handed to the request's thread, which reports it
-                result["error"] = e
-            finally:
-                events.put(None)
-
-        done = False
         progress(0, desc="Starting")
-        threading.Thread(target=work, daemon=True, name="janus-images").start()
-        try:
-            while (event := events.get()) is not None:
-                step, total, preview = event
-                progress((step, total), desc="Generating image tokens", unit="tokens")
-                if preview is not None:
-                    yield preview
-            done = True
-        finally:
-            if not done:
-                stop.set()
-        if "error" in result:
-            with readable_errors():
-                raise result["error"]
-        images = result["images"]
-        self._record("image")
-        yield upscale(images, size) if images else []
+        with readable_errors():
+            events = self.pipe.generate_images_stream(
+                prompt, negative_prompt=negative_prompt or None, num_images=num_images, cfg_weight=cfg_weight,
+                temperature=temperature, seed=seed, stop_event=stop)  # checks every input before it starts
+            try:  # a cancelled or abandoned request closes this generator, which closes the stream
+                for event in events:
+                    if isinstance(event, ImageResult):
+                        self._record(request, event.stats)
+                        yield upscale(event.images, size)
+                    elif event.stage == "decoding":
+                        progress((event.step, event.total), desc=f"Decoding image {event.step} of {event.total}",
+                                 unit="images")
+                    else:
+                        progress((event.step, event.total), desc="Generating image tokens", unit="tokens")
+                        if event.preview is not None:
+                            yield event.preview
+            finally:
+                events.close()
 
     def generate_ui(self, prompt, negative_prompt, seed, randomize_seed, cfg_weight, temperature, num_images, size,
                     request: gr.Request, progress=gr.Progress()):
@@ -431,7 +377,7 @@ class Studio:
         yield None, [], seed, gr.skip()  # a new run: the last run's results go
         images = []
         for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop,
-                                progress):
+                                progress, request):
             if isinstance(out, list):
                 images = out
             else:
@@ -440,16 +386,16 @@ class Studio:
             gr.Info("Generation stopped.")
             yield None, [], seed, gr.skip()
         else:
-            yield images[0], images, seed, self.footer()
+            yield images[0], images, seed, self.footer(request)
 
     def generate_api(self, prompt: str, negative_prompt: str | None = None, seed: int = 0, randomize_seed: bool = True,
                      cfg_weight: float = 5.0, temperature: float = 1.0, num_images: int = 2, size: int = 384,
-                     progress=gr.Progress()):
+                     request: gr.Request = None, progress=gr.Progress()):
         """Generate `num_images` images for `prompt`; returns (gallery, seed used)."""
         seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
         images = []
         for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size,
-                                threading.Event(), progress):
+                                threading.Event(), progress, request):
             if isinstance(out, list):
                 images = out
         return images, seed
@@ -481,93 +427,93 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
 
 def chat_tab(studio: Studio) -> dict:
-    c = {}
-    c["chatbot"] = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy", "copy_all"],
+    ui = {}
+    ui["chatbot"] = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy", "copy_all"],
                               placeholder="Attach one or more images (📎) and ask about them, or just chat.")
-    c["message"] = gr.MultimodalTextbox(placeholder="Ask about the attached images…", file_count="multiple",
+    ui["message"] = gr.MultimodalTextbox(placeholder="Ask about the attached images…", file_count="multiple",
                                         file_types=["image"], show_label=False, autofocus=True,
                                         elem_id="chat-input", sources=["upload"])
     with gr.Row():
-        c["stop"] = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=120, elem_id="chat-stop")
+        ui["stop"] = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=120, elem_id="chat-stop")
     with gr.Accordion("Parameters", open=False):
         with gr.Row():
-            c["temperature"] = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-            c["top_p"] = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-            c["max_new_tokens"] = gr.Slider(1, 2048, value=512, step=1, label="Max new tokens",
+            ui["temperature"] = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            ui["top_p"] = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            ui["max_new_tokens"] = gr.Slider(1, 2048, value=512, step=1, label="Max new tokens",
                                             elem_id="chat-max-new-tokens")
-            c["seed"] = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-    gr.Examples([[e] for e in CHAT_EXAMPLES], inputs=[c["message"]], label="Examples")
+            ui["seed"] = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+    gr.Examples([[e] for e in CHAT_EXAMPLES], inputs=[ui["message"]], label="Examples")
     # API-only inputs/outputs: plain types for gradio_client (see README).
     with gr.Group(visible=False):
-        c["api_message"] = gr.Textbox(label="message")
-        c["api_images"] = gr.File(label="images", file_count="multiple", file_types=["image"])
-        c["api_history"] = gr.JSON(label="history")
-        c["api_answer"] = gr.Textbox(label="answer")
-        c["api_trigger"] = gr.Button("chat")
-    return c
+        ui["api_message"] = gr.Textbox(label="message")
+        ui["api_images"] = gr.File(label="images", file_count="multiple", file_types=["image"])
+        ui["api_history"] = gr.JSON(label="history")
+        ui["api_answer"] = gr.Textbox(label="answer")
+        ui["api_trigger"] = gr.Button("chat")
+    return ui
 
 
-def wire_chat(studio: Studio, c: dict, footer):
-    params = [c["temperature"], c["top_p"], c["max_new_tokens"], c["seed"]]
+def wire_chat(studio: Studio, ui: dict, footer):
+    params = [ui["temperature"], ui["top_p"], ui["max_new_tokens"], ui["seed"]]
     private = {"api_visibility": "private"}
 
     def answer(event):
-        bot = event.success(studio.bot_turn, [c["chatbot"]] + params, [c["chatbot"], footer],
+        bot = event.success(studio.bot_turn, [ui["chatbot"]] + params, [ui["chatbot"], footer],
                             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", **private)
-        bot.then(lambda: gr.MultimodalTextbox(interactive=True), None, c["message"], queue=False, **private)
+        bot.then(lambda: gr.MultimodalTextbox(interactive=True), None, ui["message"], queue=False, **private)
         return bot
 
-    answer(c["message"].submit(studio.add_user_turn, [c["message"], c["chatbot"]], [c["chatbot"], c["message"]],
+    answer(ui["message"].submit(studio.add_user_turn, [ui["message"], ui["chatbot"]], [ui["chatbot"], ui["message"]],
                                queue=False, **private))
-    answer(c["chatbot"].retry(studio.retry, c["chatbot"], [c["chatbot"], c["message"]], queue=False, **private))
-    c["chatbot"].undo(studio.undo, c["chatbot"], [c["chatbot"], c["message"]], queue=False, **private)
-    c["chatbot"].clear(lambda: [], None, c["chatbot"], queue=False, **private)
-    c["stop"].click(studio.chat_stops.stop, None, None, queue=False, **private)
-    c["api_trigger"].click(studio.chat_api, [c["api_message"], c["api_images"], c["api_history"]] + params,
-                           c["api_answer"], api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
+    answer(ui["chatbot"].retry(studio.retry, ui["chatbot"], [ui["chatbot"], ui["message"]], queue=False, **private))
+    ui["chatbot"].undo(studio.undo, ui["chatbot"], [ui["chatbot"], ui["message"]], queue=False, **private)
+    ui["chatbot"].clear(lambda: [], None, ui["chatbot"], queue=False, **private)
+    ui["stop"].click(studio.chat_stops.stop, None, None, queue=False, **private)
+    ui["api_trigger"].click(studio.chat_api, [ui["api_message"], ui["api_images"], ui["api_history"]] + params,
+                           ui["api_answer"], api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
                            concurrency_id="chat")
 
 
 def images_tab(studio: Studio) -> dict:
-    g = {}
+    ui = {}
     max_images = studio.args.max_images
     with gr.Row():
         with gr.Column(scale=2):
-            g["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt",
+            ui["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt",
                                      placeholder="Describe the image you want…")
-            g["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1,
+            ui["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1,
                                               placeholder="What to avoid (optional)")
             with gr.Row():
-                g["generate"] = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
-                g["stop"] = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
+                ui["generate"] = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
+                ui["stop"] = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
             with gr.Accordion("Parameters", open=True):
                 with gr.Row():
-                    g["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                    g["randomize_seed"] = gr.Checkbox(value=True, label="Randomize seed")
-                g["cfg_weight"] = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG weight")
-                g["temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                g["num_images"] = gr.Slider(1, max_images, value=min(2, max_images), step=1,
+                    ui["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                    ui["randomize_seed"] = gr.Checkbox(value=True, label="Randomize seed")
+                ui["cfg_weight"] = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG weight")
+                ui["temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+                ui["num_images"] = gr.Slider(1, max_images, value=min(2, max_images), step=1,
                                             label="Number of images", elem_id="t2i-num-images")
-                g["size"] = gr.Radio(UPSCALE_CHOICES, value=384, label="Output size (LANCZOS upscale)")
-            gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[g["prompt"]], label="Prompt examples")
+                ui["size"] = gr.Radio(UPSCALE_CHOICES, value=384, label="Output size (LANCZOS upscale)")
+            gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[ui["prompt"]], label="Prompt examples")
         with gr.Column(scale=3):
-            g["preview"] = gr.Image(label="Preview (forming image)", type="pil", height=256, interactive=False,
+            ui["preview"] = gr.Image(label="Preview (forming image)", type="pil", height=256, interactive=False,
                                     elem_id="t2i-preview", buttons=[])
-            g["gallery"] = gr.Gallery(label="Results", columns=2, format="png", elem_id="t2i-gallery",
+            ui["gallery"] = gr.Gallery(label="Results", columns=2, format="png", elem_id="t2i-gallery",
                                       buttons=["download", "download_all", "fullscreen"], interactive=False)
-    g["api_trigger"] = gr.Button("generate_images", visible=False)
-    return g
+    ui["api_trigger"] = gr.Button("generate_images", visible=False)
+    return ui
 
 
-def wire_images(studio: Studio, g: dict, footer):
-    inputs = [g["prompt"], g["negative_prompt"], g["seed"], g["randomize_seed"], g["cfg_weight"], g["temperature"],
-              g["num_images"], g["size"]]
-    start = gr.on([g["generate"].click, g["prompt"].submit], studio.image_stops.arm, None, None, queue=False,
+def wire_images(studio: Studio, ui: dict, footer):
+    inputs = [ui["prompt"], ui["negative_prompt"], ui["seed"], ui["randomize_seed"], ui["cfg_weight"], ui["temperature"],
+              ui["num_images"], ui["size"]]
+    start = gr.on([ui["generate"].click, ui["prompt"].submit], studio.image_stops.arm, None, None, queue=False,
                   api_visibility="private")
-    start.success(studio.generate_ui, inputs, [g["preview"], g["gallery"], g["seed"], footer],
+    start.success(studio.generate_ui, inputs, [ui["preview"], ui["gallery"], ui["seed"], footer],
                   concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images", api_visibility="private")
-    g["stop"].click(studio.image_stops.stop, None, None, queue=False, api_visibility="private")
-    g["api_trigger"].click(studio.generate_api, inputs, [g["gallery"], g["seed"]], api_name="generate_images",
+    ui["stop"].click(studio.image_stops.stop, None, None, queue=False, api_visibility="private")
+    ui["api_trigger"].click(studio.generate_api, inputs, [ui["gallery"], ui["seed"]], api_name="generate_images",
                            concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images")
 
 

@@ -6,7 +6,7 @@ chat        TTFT and decode rate over NEW_TOKENS tokens, one image + the ~629-to
 image       text to image, `num_images` in one batch, all 576 steps + VQ decode
 vq_decode   the VQ decoder part alone on random codes
 
-Each task uses the public JanusPipeline API and its `last_stats` (timings the pipeline takes
+Each task uses the public JanusPipeline API and the stats its results carry (timings the pipeline takes
 itself), and cross-checks them with wall-clock timing around the call.
 """
 
@@ -84,12 +84,13 @@ def _chat_once(pipe, messages, new_tokens) -> dict:
     t0 = time.perf_counter()
     first = None
     pieces = []
-    for piece in pipe.chat_stream(messages, max_new_tokens=new_tokens, temperature=0.0):
+    stream = pipe.chat_stream(messages, max_new_tokens=new_tokens, temperature=0.0)
+    for piece in stream:
         if first is None:
             first = time.perf_counter()
         pieces.append(piece)
     end = time.perf_counter()
-    s = pipe.last_stats
+    s = stream.stats
     return {"ttft_s": s["time_to_first_token_s"], "ttft_wall_s": first - t0, "decode_tok_s": s["decode_tokens_per_s"],
             "new_tokens": s["new_tokens"], "prompt_tokens": s["prompt_tokens"], "cached_tokens": s["cached_tokens"],
             "pieces": len(pieces), "total_wall_s": end - t0, "text": "".join(pieces)}
@@ -103,7 +104,7 @@ def image(model_dir, weights: str, cache_dir, runs: int = 3, num_images: int = 1
         images = pipe.generate_images(IMAGE_PROMPT, num_images=num_images, seed=r, callback=None)
         wall = time.perf_counter() - t0
         assert len(images) == num_images and images[0].size == (384, 384)
-        s = pipe.last_stats
+        s = images.stats
         out["runs"].append({"image_s": wall, "prefill_s": s["prefill_s"], "steps_per_s": s["steps_per_s"],
                             "steps_s": s["steps_s"], "vq_decode_s": s["vq_decode_s"]})
     for key in ("image_s", "steps_per_s", "vq_decode_s", "prefill_s"):
@@ -177,9 +178,9 @@ def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS, ta
         acc.clear()
         t0 = time.perf_counter()
         if task == "chat":
-            pipe.chat(messages, max_new_tokens=new_tokens)
+            stats = pipe.chat(messages, max_new_tokens=new_tokens).stats
         else:
-            pipe.generate_images(IMAGE_PROMPT, num_images=1, seed=0)
+            stats = pipe.generate_images(IMAGE_PROMPT, num_images=1, seed=0).stats
         total = time.perf_counter() - t0
         parts = {}
         for part, times in acc.items():
@@ -187,7 +188,7 @@ def profile(model_dir, weights: str, cache_dir, new_tokens: int = NEW_TOKENS, ta
             parts[part] = {"s": sum(times), "calls": len(times), "ms_per_call": 1000 * median,
                            "weights_gb_per_s": sizes.get(part, 0) / median / 1e9}
         out[task] = {"total_s": total, "parts": parts, "other_s": total - sum(sum(t) for t in acc.values()),
-                     "stats": dict(pipe.last_stats)}
+                     "stats": stats}
     return out
 
 

@@ -22,6 +22,7 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -64,12 +65,7 @@ def ensure_converted(model: str, weights: str = "int4", cache_dir=None, progress
     if verify(entry, root, expect) is None:
         say(f"Using the converted model in {entry}")
         return entry
-    try:
-        (root / ".locks").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConversionError(f"Cannot write to the model cache {root} ({e.strerror}). Set {ENV_VAR} to a "
-                              f"writable directory, or pass a converted model folder.") from None
-    with _locked(root, entry.name, say):
+    with entry_lock(root, entry.name, say):
         problem = verify(entry, root, expect)  # another process may have built it while we waited
         if problem is None:
             say(f"Using the converted model in {entry} (built by another process)")
@@ -95,28 +91,23 @@ def entry_name(resolved: Resolved, weights: str) -> str:
 def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> Path:
     """Convert into a fresh temporary directory under `tmp_root`, then publish it as `dest` with one
     atomic rename. A crash at any point leaves either no `dest` or the previous one, never half of one."""
-    tmp = tmp_root / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
     try:
-        from . import convert  # imports torch lazily: only here, when a conversion is really needed
+        with staged(dest, tmp_root) as tmp:
+            from . import convert  # imports torch lazily: only here, when a conversion is really needed
 
-        say(f"Converting {resolved.source} to OpenVINO IR with {weights} weights; this is done once, "
-            f"later launches load {dest}")
-        convert.convert_checkpoint(resolved.path, tmp, weights=weights, progress=say)
-        missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
-        if missing:
-            raise ConversionError(f"The conversion of {resolved.source} did not produce {', '.join(missing)}.")
-        _write_manifest(tmp, resolved, weights)
-        os.rename(tmp, dest)  # atomic on one filesystem; fails if dest exists, which the caller removed
+            say(f"Converting {resolved.source} to OpenVINO IR with {weights} weights; this is done once, "
+                f"later launches load {dest}")
+            convert.convert_checkpoint(resolved.path, tmp, weights=weights, progress=say)
+            missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
+            if missing:
+                raise ConversionError(f"The conversion of {resolved.source} did not produce {', '.join(missing)}.")
+            _write_manifest(tmp, resolved, weights)
     except JanusError:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     except MemoryError:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ConversionError(f"Ran out of memory converting {resolved.source}. Close other programs, or use a "
                               f"converted model (`python -m janus_ov export` on a bigger machine).") from None
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(e, Exception):
             raise  # KeyboardInterrupt / SystemExit: clean up and let them through
         raise ConversionError(f"Converting {resolved.source} to OpenVINO IR failed ({type(e).__name__}: {e}). "
@@ -255,12 +246,31 @@ def _use_export(directory: Path, weights: str, stamp_root: Path, say) -> Path:
 
 # ---------------------------------------------------------------- locking and cleanup
 
-class _locked:
+@contextmanager
+def staged(dest: Path, tmp_root: Path):
+    """A fresh temporary directory under `tmp_root` to build `dest` in; when the block completes it is
+    published as `dest` with one atomic rename, otherwise removed. A crash at any point leaves either
+    no `dest` or the previous one, never half of one (and `_clean_stale_builds` sweeps the litter)."""
+    tmp = tmp_root / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        os.rename(tmp, dest)  # atomic on one filesystem; fails if dest exists, which the caller removed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class entry_lock:
     """An exclusive per-entry lock. flock-based, so a lock left by a killed process is free again."""
 
     def __init__(self, root: Path, name: str, say):
         from filelock import FileLock, Timeout
 
+        try:
+            (root / ".locks").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConversionError(f"Cannot write to the model cache {root} ({e.strerror}). Set {ENV_VAR} to a "
+                                  f"writable directory, or pass a converted model folder.") from None
         self.lock, self.timeout, self.name, self.say = FileLock(root / ".locks" / f"{name}.lock"), Timeout, name, say
 
     def __enter__(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import deepseek_format, special_tokens
 from .errors import ConversionError, ModelNotFoundError
 from .model_info import ModelInfo
 
@@ -21,23 +22,14 @@ class Checkpoint:
     tokenizer_json: str  # contents of a `tokenizers` tokenizer.json
 
 
-def _original_module():
-    """janus_ov.original handles DeepSeek's "multi_modality" format; absent = transformers only."""
-    try:
-        from . import original
-    except ImportError:
-        return None
-    return original
-
-
 def load_checkpoint(model_dir, dtype=None) -> Checkpoint:
     """Load `model_dir` (a local directory) as a Checkpoint; `dtype=None` keeps the stored dtype."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelNotFoundError(f"{model_dir} is not a Janus checkpoint: it has no config.json.")
-    original = _original_module()
-    if original is not None and original.is_original_format(model_dir):
-        return original.load_original(model_dir, dtype)
+    if deepseek_format.is_original_format(model_dir):
+        model, info, tokenizer_json = deepseek_format.load_parts(model_dir, dtype)
+        return Checkpoint(model=model, info=info, tokenizer_json=tokenizer_json)
     return load_transformers(model_dir, dtype)
 
 
@@ -47,9 +39,8 @@ def read_metadata(model_dir, prompt_style: str | None = None):
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelNotFoundError(f"{model_dir} is not a Janus checkpoint: it has no config.json.")
-    original = _original_module()
-    if original is not None and original.is_original_format(model_dir):
-        return original.read_metadata(model_dir, prompt_style)
+    if deepseek_format.is_original_format(model_dir):
+        return deepseek_format.read_metadata(model_dir, prompt_style)
     from transformers import GenerationConfig, JanusConfig, JanusProcessor
 
     try:
@@ -107,9 +98,9 @@ def model_info_from(config, generation_config, processor, prompt_style: str = "p
         bos_id=first(generation_config.bos_token_id, tok.bos_token_id),
         eos_id=first(eos, tok.eos_token_id),
         pad_id=first(generation_config.pad_token_id, tok.pad_token_id),
-        image_id=first(getattr(config, "image_token_id", None), token_id("<image_placeholder>")),
-        boi_id=first(gen_kwargs.get("boi_token_id"), token_id("<begin_of_image>")),
-        eoi_id=token_id("<end_of_image>"),
+        image_id=first(getattr(config, "image_token_id", None), token_id(special_tokens.IMAGE)),
+        boi_id=first(gen_kwargs.get("boi_token_id"), token_id(special_tokens.BOI)),
+        eoi_id=token_id(special_tokens.EOI),
         hidden_size=int(text.hidden_size),
         vocab_size=int(text.vocab_size),
         codebook_size=int(config.vq_config.num_embeddings),

@@ -16,24 +16,16 @@ fp32 export; full-size Janus-Pro-1B: bytes) and by how often each part's weights
 - text_embeddings (a Gather: only the looked-up rows are read) is large on disk and in RAM
   (0.42 GB fp16): INT8 halves it; the error is the int8 rounding of a row.
 - vision (SigLIP-L, 0.3 B params, run once per image): INT8 per-channel, as optimum-intel
-  does for the vision encoders of int4 VLMs. Measured on the full-size Janus-Pro-1B shape
-  (2 Zen 4 cores): 296 MB instead of 590 MB, 0.85 s instead of 0.98 s per image (the CPU
-  plugin's int8 kernels), and the plugin's repacked copy in RAM halves with it; the error it
-  adds to image embeddings (1 % relative on the tiny model) is far below the int4 LM's.
+  does for the vision encoders of int4 VLMs: half the bytes, faster int8 kernels, and the
+  plugin's repacked copy in RAM halves with it; the error it adds to image embeddings is far
+  below the int4 LM's.
 - vq_decoder (convolutions at 384x384, run once per image, compute-bound; its output is
   pixels users look at, and INT8 weights cost 11 % relative error there): fp16.
 - gen_embeddings is tiny (16384 x 8 codebook + an MLP): fp16.
 `int8` is int4 with the language model in INT8_ASYM; `fp16` / `fp32` leave every part in that
 float type.
 
-Measured (tiny model, relative error vs the fp32 export; full-size Janus-Pro-1B-shaped int4 sizes):
-  lm_head          int8 0.004, int4 0.093 (argmax agreement 0.90)  -> int8, 210 MB
-  gen_head         int8 0.009, int4 0.10-0.14                      -> int8, 38 MB
-  text_embeddings  int8 0.003, int4 0.056                          -> int8, 210 MB
-  vision           fp16 0.000, int8 0.011                          -> int8, 310 MB
-  vq_decoder       fp16 0.000, int8 0.112                          -> fp16, 85 MB
-  gen_embeddings   fp16 0.000, int8 0.006 (8 MB either way)        -> fp16, 9 MB
-  language_model   int8 0.031, int4 0.57 (2-layer random model)    -> int4, 670 MB
+The errors and sizes behind each choice: figures in benchmarks/results/design-measurements.md.
 Float weights become fp16 in every format but fp32 (OpenVINO's save-time
 compression, which keeps constants fp16 cannot hold in f32).
 """
@@ -109,15 +101,3 @@ def bf16_to_f32(raw):
     import numpy as np
 
     return (np.ascontiguousarray(raw).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def weight_types(ov_model) -> dict:
-    """Element type -> number of weight values: how a part's weights are stored (for tests/notes)."""
-    import numpy as np
-
-    counts: dict = {}
-    for op in ov_model.get_ops():
-        if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) >= 2:
-            key = op.get_output_element_type(0).get_type_name()
-            counts[key] = counts.get(key, 0) + int(np.prod(op.get_output_shape(0)))
-    return counts

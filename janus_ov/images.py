@@ -271,3 +271,56 @@ def to_pil(images, info=None) -> list[Image.Image]:
         u8 = np.clip(x, 0, 255).astype(np.uint8)
         result.append(Image.fromarray(np.ascontiguousarray(u8.transpose(1, 2, 0)), "RGB"))
     return result
+
+
+def upscale(images, size: int) -> list[Image.Image]:
+    """The generated 384 px images at `size` px (LANCZOS); as they are when already that size."""
+    return [im if im.width == size else im.resize((size, size), Image.Resampling.LANCZOS) for im in images]
+
+
+class PixelCache:
+    """Preprocessed pixels of recently seen image files and bytes, so the images of a conversation's
+    history are decoded and resized once, not again at every turn. Files are known by path, size
+    and modification time (an edited file is decoded anew), bytes by a hash of their content; PIL
+    images and arrays (already decoded) are preprocessed each time. A few dozen entries of
+    1.7 MB each: a bounded LRU, shared by all requests, safe because a key names its pixels."""
+
+    def __init__(self, info, capacity: int = 32):
+        from collections import OrderedDict
+
+        self.info, self.capacity = info, capacity
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, sources) -> np.ndarray:
+        """pixel_values f32 [N,3,S,S] of the sources, in order."""
+        return np.stack([self.get(src) for src in sources])
+
+    def get(self, src) -> np.ndarray:
+        key = _source_key(src)
+        with self._lock:
+            if key is not None and key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        pixels = preprocess([load_image(src)], self.info)[0]  # outside the lock: decoding is the slow part
+        if key is not None:
+            pixels.setflags(write=False)  # shared between requests
+            with self._lock:
+                self._entries[key] = pixels
+                while len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
+        return pixels
+
+
+def _source_key(src):
+    import hashlib
+
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            st = os.stat(src)
+        except OSError:
+            return None  # load_image reports it
+        return ("file", os.path.realpath(src), st.st_size, st.st_mtime_ns)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return ("bytes", hashlib.blake2b(bytes(src), digest_size=16).digest())
+    return None

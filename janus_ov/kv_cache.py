@@ -4,9 +4,7 @@ The language-model IR on disk is stateful (parts.py): the portable form, and the
 converter writes and the parity tests check. At load we rewrite it with OpenVINO's own
 SDPA-to-PagedAttention transformation (the one OpenVINO GenAI's continuous batching uses),
 because on CPU the PagedAttention kernels cost far less per cached token than the stateful
-SDPA ones. Measured on full-size Janus-Pro-1B int4, 2 Zen 4 cores: one chat token with 1200
-tokens cached 58 -> 41 ms, a 2-row CFG image step at 600 cached 62 -> 45 ms, an 8-row one
-156 -> 112 ms, a 665-token prefill 4.4 -> 3.3 s.
+SDPA ones (chat tokens, image steps and prefill all faster; figures in benchmarks/results/design-measurements.md).
 
 After the rewrite the cache is plain tensors this module owns: per layer one key and one value
 tensor of [blocks, heads, block rows, head dim] (the plugin picks the element type and adds
@@ -20,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from .compress import weight_types
+from .parts import weight_types
 
 # Tokens per cache block: what the CPU and GPU PagedAttention kernels expect (as OpenVINO GenAI).
 BLOCK_SIZE = {"CPU": 32, "GPU": 16}
@@ -33,14 +31,13 @@ def compile_paged(core: ov.Core, xml_path, device: str, config: dict) -> ov.Comp
     model = core.read_model(str(xml_path))
     paged_attention_transformation(model)
     # No compiled-model cache for this one: the cache key of a model object is a hash of all its
-    # weights, which takes longer (1.9 s for the 1B int4 model) than compiling it (1.3 s).
+    # weights, which takes longer than compiling it.
     config = {k: v for k, v in config.items() if k != "CACHE_DIR"}
     if device.startswith("CPU") and _integer_weights(model):
         # f32 activations (unless the caller says otherwise) make the CPU plugin quantize them to
         # int8 on the fly for the int4/int8 matmuls, whose integer kernels unpack weights more
-        # cheaply than the bf16 ones that CPUs with bf16 get by default. Measured, 576 steps of
-        # the 1B int4 model: 1 row 22.4 -> 20.5 s, 2 rows 25.0 -> 24.0 s, 8 rows 52.8 -> 46.9 s;
-        # a 665-token prefill is the same. Elsewhere (AVX2) it is the default anyway. Not for
+        # cheaply than the bf16 ones that CPUs with bf16 get by default (faster at 1, 2 and 8 rows;
+        # figures in benchmarks/results/). Elsewhere (AVX2) it is the default anyway. Not for
         # fp16 weights: with no integer kernels to reach, f32 only makes their arithmetic heavier.
         config = {"INFERENCE_PRECISION_HINT": "f32", **config}
     return core.compile_model(model, device, config)
@@ -80,7 +77,6 @@ class PagedKVCache:
         self._first_block = np.concatenate([[0], np.cumsum(per_row)[:-1]]).astype(np.int32)
         self.capacity = capacity
         self.past = np.array([keep] * len(capacity), np.int32)
-        self.ids = None  # what row 0's cached tokens are, if its owner records it (chat.py)
         self._reserve(max(int(per_row.sum()), 1), keep // self.block_size)
 
     def _reserve(self, blocks: int, keep_blocks: int = 0) -> None:

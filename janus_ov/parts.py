@@ -48,3 +48,15 @@ OUTPUTS = {
 }
 
 WEIGHT_FORMATS = ("int4", "int8", "fp16", "fp32")
+
+
+def weight_types(ov_model) -> dict:
+    """Element type -> number of weight values: how a part's weights are stored (for tests/notes)."""
+    import numpy as np
+
+    counts: dict = {}
+    for op in ov_model.get_ops():
+        if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) >= 2:
+            key = op.get_output_element_type(0).get_type_name()
+            counts[key] = counts.get(key, 0) + int(np.prod(op.get_output_shape(0)))
+    return counts

@@ -3,7 +3,7 @@
     pipe = JanusPipeline.from_pretrained("deepseek-ai/Janus-Pro-1B")      # converts once, then cached
     for piece in pipe.chat_stream([{"role": "user", "content": "What is this?", "images": ["cat.png"]}]):
         print(piece, end="", flush=True)
-    images = pipe.generate_images("a red fox in the snow", num_images=2, seed=1)
+    result = pipe.generate_images("a red fox in the snow", num_images=2, seed=1)  # .images, .stats
 
 Requests are validated before they take a slot of the pool, so bad input fails fast with an
 InvalidInputError (a ValueError) and leaves the pipeline as it was. Imports: numpy, PIL,
@@ -15,16 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
 
 from . import chat as chat_loop
 from . import text_to_image as t2i
 from .errors import InvalidInputError
-from .images import load_image, preprocess, to_pil
-from .prompts import chat_prompt, check_prompt_style, collect_images, fit_conversation, image_prompt
+from .images import PixelCache, to_pil
+from .prefix_cache import KeyedPrompt
+from .prompts import check_prompt_style, fit_conversation, image_prompt, render
+from .results import ChatResult, ChatStream, ImageProgress, ImageResult
 from .runtime import Runtime
 from .sampling import ImageSampler, TokenSampler, check_int, check_number, check_seed
 from .tokenizer import JanusTokenizer
@@ -48,7 +48,7 @@ class JanusPipeline:
         if self.weights == "fp32":  # asked for full precision: no bf16 arithmetic on CPUs that have it
             ov_config = {"INFERENCE_PRECISION_HINT": "f32", **(ov_config or {})}
         self.runtime = Runtime(self.model_dir, device, ov_config, compile_cache_dir, max_concurrency)
-        self.last_stats: dict = {}
+        self._pixels = PixelCache(self.info)  # a conversation's images are decoded once, not every turn
 
     @classmethod
     def from_pretrained(cls, model: str, weights: str = "int4", device: str = "CPU", cache_dir=None,
@@ -78,13 +78,14 @@ class JanusPipeline:
     # ------------------------------------------------------------------------------------------ chat
 
     def chat_stream(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
-                    seed: int | None = None, stop_event=None) -> Iterator[str]:
-        """Answer the last user turn; yields text pieces (never a split UTF-8 character).
+                    seed: int | None = None, stop_event=None) -> ChatStream:
+        """Answer the last user turn: a ChatStream of text pieces (never a split UTF-8 character)
+        whose `.stats` are this request's own once it is exhausted.
 
         messages: [{"role": "user"|"assistant", "content": str, "images": [path|bytes|PIL|array, ...]}, ...]
         Context policy: when prompt + max_new_tokens exceeds the context window the oldest whole
         exchanges are dropped; if the last user turn alone does not fit, InvalidInputError.
-        Input is checked here, at call time; generation runs as the iterator is consumed.
+        Input is checked here, at call time; generation runs as the stream is consumed.
         """
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, int(self.info.max_position_embeddings))
         sampler = TokenSampler(self.info.vocab_size, check_number("temperature", temperature, 0.0, MAX_TEMPERATURE),
@@ -93,25 +94,33 @@ class JanusPipeline:
         input_ids, pixel_values = self._chat_inputs(messages, max_new_tokens)
         stats = {"task": "chat", "seed": sampler.seed, "images": 0 if pixel_values is None else len(pixel_values),
                  "preprocess_s": time.perf_counter() - t0}
-        return self._chat_pieces(input_ids, pixel_values, sampler, max_new_tokens, stop_event, stats)
+        prompt = KeyedPrompt.of(self.info, input_ids, pixel_values)  # what the prefix caches are matched on
+        return ChatStream(self._chat_pieces(prompt, pixel_values, sampler, max_new_tokens, stop_event, stats), stats)
 
     def chat(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None, stop_event=None) -> str:
-        """The whole answer at once (same arguments as chat_stream)."""
-        return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p, seed, stop_event))
+             seed: int | None = None, stop_event=None) -> ChatResult:
+        """The whole answer at once, a str with `.stats` (same arguments as chat_stream)."""
+        return self.chat_stream(messages, max_new_tokens, temperature, top_p, seed, stop_event).result()
+
+    def prepare_images(self, sources) -> None:
+        """Check images now and keep their pixels for the chat turns that use them (an app checks
+        uploads as they arrive; the turn then does not decode them again). InvalidInputError if one
+        is not a usable image."""
+        for src in sources:
+            self._pixels.get(src)
 
     def _chat_inputs(self, messages, max_new_tokens: int):
         """(input_ids i64 [T], pixel_values f32 [N,3,S,S] or None) of a conversation, after the context policy."""
-        messages = fit_conversation(messages, self.info, self.tokenizer, max_new_tokens)
-        images = [load_image(src) for src in collect_images(messages)]
-        pixel_values = preprocess(images, self.info) if images else None
-        input_ids = self.tokenizer.encode_chat(chat_prompt(messages, self.info), num_images=len(images))
+        messages = fit_conversation(messages, self.info, self.tokenizer, max_new_tokens)  # the one validation
+        sources = [src for m in messages for src in m["images"]]
+        pixel_values = self._pixels.get_many(sources) if sources else None
+        input_ids = self.tokenizer.encode_chat(render(messages, self.info), num_images=len(sources))
         return input_ids, pixel_values
 
-    def _chat_pieces(self, input_ids, pixel_values, sampler, max_new_tokens, stop_event, stats) -> Iterator[str]:
+    def _chat_pieces(self, prompt, pixel_values, sampler, max_new_tokens, stop_event, stats) -> Iterator[str]:
         decoder = self.tokenizer.stream_decoder()
-        with self.runtime.context(prefer=chat_loop.cache_affinity(self.info, input_ids, pixel_values)) as ctx:
-            tokens = chat_loop.generate_tokens(ctx, self.info, input_ids, pixel_values, sampler, max_new_tokens,
+        with self.runtime.context(prefer=lambda ctx: ctx.prefix.reusable(prompt)) as ctx:
+            tokens = chat_loop.generate_tokens(ctx, self.info, prompt, pixel_values, sampler, max_new_tokens,
                                                stop_event=stop_event, stats=stats)
             for token in tokens:
                 piece = decoder.push(token)
@@ -122,44 +131,67 @@ class JanusPipeline:
             yield tail
         # Time to first token as a user sees it: image loading/preprocessing included.
         stats["time_to_first_token_s"] += stats["preprocess_s"]
-        self.last_stats = stats
 
     # ------------------------------------------------------------------------------------------ image
 
-    def generate_images(self, prompt: str, negative_prompt: str | None = None, num_images: int = 1,
-                        cfg_weight: float = 5.0, temperature: float = 1.0, seed: int | None = None,
-                        callback=None, stop_event=None, preview_every: int = t2i.PREVIEW_EVERY):
-        """Text to image: `num_images` 384x384 PIL images generated together in one batch.
-
-        callback(step, total, preview) is called after each of the 576 steps; `preview` is a PIL
-        image of image 0 so far (its finished token rows; grey below) every `preview_every` steps
-        once a row of 24 tokens is done (0: never), else None.
-        Returns [] if `stop_event` is set before the end.
-        """
+    def generate_images_stream(self, prompt: str, negative_prompt: str | None = None, num_images: int = 1,
+                               cfg_weight: float = 5.0, temperature: float = 1.0, seed: int | None = None,
+                               stop_event=None, preview_every: int = t2i.PREVIEW_EVERY
+                               ) -> Iterator[ImageProgress | ImageResult]:
+        """Text to image, as it happens: an ImageProgress after each of the 576 steps (a preview of
+        image 0 every `preview_every` steps; 0: never), one per image as the VQ decoder finishes it
+        (stage "decoding"), then the ImageResult. Input is checked here, at call time; closing the
+        iterator (or setting `stop_event`) stops the work at the next step."""
         info = self.info
         num_images = check_int("num_images", num_images, 1, MAX_IMAGES)
         cfg_weight = check_number("cfg_weight", cfg_weight, 1.0, MAX_CFG)
         sampler = ImageSampler(num_images, info.codebook_size,
                                check_number("temperature", temperature, 0.0, MAX_TEMPERATURE), check_seed(seed))
         preview_every = check_int("preview_every", preview_every, 0, info.num_image_tokens)
+        cond_ids, uncond_ids = self._image_inputs(prompt, negative_prompt)
+        return self._image_events(cond_ids, uncond_ids, num_images, cfg_weight, sampler, stop_event, preview_every)
+
+    def generate_images(self, prompt: str, negative_prompt: str | None = None, num_images: int = 1,
+                        cfg_weight: float = 5.0, temperature: float = 1.0, seed: int | None = None,
+                        callback=None, stop_event=None, preview_every: int = t2i.PREVIEW_EVERY) -> ImageResult:
+        """Text to image: `num_images` 384x384 PIL images generated together in one batch, as an
+        ImageResult (images, stats, cancelled; iterating it gives the images).
+
+        callback(step, total, preview) is called after each of the 576 steps (the ImageProgress of
+        generate_images_stream); without a callback no previews are decoded.
+        """
         if callback is not None and not callable(callback):
             raise InvalidInputError(f"callback must be callable, got {type(callback).__name__}.")
-        cond_ids, uncond_ids = self._image_inputs(prompt, negative_prompt)
+        events = self.generate_images_stream(prompt, negative_prompt, num_images, cfg_weight, temperature, seed,
+                                             stop_event, preview_every if callback is not None else 0)
+        for event in events:
+            if isinstance(event, ImageResult):
+                return event
+            if callback is not None and event.stage == "tokens":
+                callback(event.step, event.total, event.preview)
+        raise RuntimeError("the image stream ended without a result")  # cannot happen: _image_events ends with one
+
+    def _image_events(self, cond_ids, uncond_ids, num_images, cfg_weight, sampler, stop_event, preview_every):
+        info = self.info
         stats = {"task": "image", "seed": sampler.seed, "num_images": num_images}
         t0 = time.perf_counter()
         with self.runtime.context() as ctx:
-            tokens = t2i.generate_image_tokens(ctx, info, cond_ids, uncond_ids, num_images, cfg_weight, sampler,
-                                               callback, stop_event, stats, preview_every)
+            tokens = yield from t2i.generate_image_tokens(ctx, info, cond_ids, uncond_ids, num_images, cfg_weight,
+                                                          sampler, stats, stop_event, preview_every)
             if tokens is None:
-                self.last_stats = stats
-                return []
-            t1 = time.perf_counter()
-            pixels = t2i.decode_images(ctx, tokens)
+                yield ImageResult([], stats, cancelled=True)
+                return
+            t1, images = time.perf_counter(), []
+            for i in range(num_images):
+                if stop_event is not None and stop_event.is_set():
+                    stats["cancelled"] = True
+                    yield ImageResult([], stats, cancelled=True)
+                    return
+                images += to_pil(t2i.decode_images(ctx, tokens[i:i + 1]), info)
+                yield ImageProgress(i + 1, num_images, stage="decoding")
             stats["vq_decode_s"] = time.perf_counter() - t1
-        images = to_pil(pixels, info)
         stats["total_s"] = time.perf_counter() - t0
-        self.last_stats = stats
-        return images
+        yield ImageResult(images, stats)
 
     def _image_inputs(self, prompt: str, negative_prompt: str | None):
         """(conditional ids, unconditional ids), both i64 and ending in <begin_of_image>."""

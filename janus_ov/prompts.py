@@ -13,13 +13,14 @@ A message is {"role": "user" | "assistant", "content": str, "images": [image, ..
 
 from __future__ import annotations
 
+from . import special_tokens
 from .errors import InvalidInputError
 
-IMAGE_TAG = "<image_placeholder>"
-EOS_TEXT = "<\uff5cend\u2581of\u2581sentence\uff5c>"
+IMAGE_TAG = special_tokens.IMAGE
+EOS_TEXT = special_tokens.EOS
 # Text that would desynchronise image tokens and image embeddings if a user typed it.
-_RESERVED = (IMAGE_TAG, "<begin_of_image>", "<end_of_image>")
-_ROLE_NAMES = {"pro": ("<|User|>", "<|Assistant|>"), "legacy": ("User", "Assistant")}
+_RESERVED = (special_tokens.IMAGE, special_tokens.BOI, special_tokens.EOI)
+_ROLE_NAMES = {"pro": (special_tokens.USER, special_tokens.ASSISTANT), "legacy": ("User", "Assistant")}
 PROMPT_STYLES = tuple(_ROLE_NAMES)
 
 
@@ -97,7 +98,16 @@ def _user_body(text: str, num_images: int) -> str:
 def chat_prompt(messages, info) -> str:
     """The understanding prompt (system prompt first, one "<image_placeholder>" per image, ending
     with the assistant tag); feed it to JanusTokenizer.encode_chat."""
-    messages = validate_messages(messages)
+    return render(validate_messages(messages), info)
+
+
+def render(messages: list[dict], info) -> str:
+    """chat_prompt for messages validate_messages (or fit_conversation) already returned."""
+    return "".join(_prompt_parts(messages, info))
+
+
+def _prompt_parts(messages: list[dict], info) -> list[str]:
+    """The prompt's pieces, for validated messages: [system], one per message, the assistant tag."""
     user, assistant = _roles(info)
     parts = [f"{info.system_prompt}\n\n"] if info.system_prompt else []
     for m in messages:
@@ -106,7 +116,7 @@ def chat_prompt(messages, info) -> str:
         else:
             parts.append(f"{assistant}: {m['content'].strip()}{EOS_TEXT}")
     parts.append(f"{assistant}:")
-    return "".join(parts)
+    return parts
 
 
 def image_prompt(prompt: str, info) -> str:
@@ -131,18 +141,34 @@ def collect_images(messages) -> list:
 def fit_conversation(messages, info, tokenizer, max_new_tokens: int) -> list[dict]:
     """Context-window policy: drop the oldest whole exchanges (user turn + its answer) until
     prompt + max_new_tokens fits in info.max_position_embeddings. The system prompt and the last user
-    turn are always kept; if they alone do not fit, raise InvalidInputError saying by how much."""
+    turn are always kept; if they alone do not fit, raise InvalidInputError saying by how much.
+    Returns the kept messages, validated and normalised (validate_messages).
+
+    Linear in the conversation's length: each turn is tokenized once, the cut is found from the
+    per-turn counts, and the chosen prompt is counted once more as a whole (tokens can merge
+    across a turn's edge, so the sum is only an estimate; a cut that still overflows moves on)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     messages = validate_messages(messages)
-    limit = int(info.max_position_embeddings)
+    limit = int(info.max_position_embeddings) - max_new_tokens
+    parts = _prompt_parts(messages, info)
+    head = 1 if info.system_prompt else 0  # parts[head + i] is messages[i]
+    counts = tokenizer.count_pieces(parts)
+    fixed = 1 + sum(counts[:head]) + counts[-1]  # BOS, system prompt, assistant tag
+    suffix = [0] * (len(messages) + 1)  # suffix[i]: tokens of messages[i:]
+    for i in range(len(messages) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + counts[head + i]
+    start = 0
+    while start < len(messages) - 1 and fixed + suffix[start] > limit:
+        start += 2  # the oldest user turn and the answer to it
     while True:
-        needed = tokenizer.count_chat_tokens(chat_prompt(messages, info)) + max_new_tokens
+        kept = messages[start:]
+        needed = tokenizer.count_chat_tokens("".join(parts[:head] + parts[head + start:]))
         if needed <= limit:
-            return messages
-        if len(messages) == 1:
+            return kept
+        if len(kept) == 1:
             raise InvalidInputError(
-                f"the last message needs {needed - max_new_tokens} prompt tokens + max_new_tokens={max_new_tokens} "
-                f"= {needed}, but the model's context window is {limit} tokens; shorten the text, "
-                "send fewer images or lower max_new_tokens")
-        messages = messages[2:]  # the oldest user turn and the answer to it
+                f"the last message needs {needed} prompt tokens + max_new_tokens={max_new_tokens} "
+                f"= {needed + max_new_tokens}, but the model's context window is {limit + max_new_tokens} tokens; "
+                "shorten the text, send fewer images or lower max_new_tokens")
+        start += 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import ModelNotFoundError
 
-DEFAULT_MODEL = "deepseek-ai/Janus-Pro-1B"  # the Janus most users know; original format (original.py)
+DEFAULT_MODEL = "deepseek-ai/Janus-Pro-1B"  # the Janus most users know; original format (deepseek_format.py)
 MANIFEST = "manifest.json"  # present in a folder that already holds a converted model (see cache.py)
 
 # Small files describing a checkpoint (or an export); fetched first, and hashed fully for local dirs.
@@ -175,8 +175,13 @@ def _SilentTqdm():
 
 def _hub_error(e: Exception, repo_id: str, revision: str | None) -> Exception:
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
     token = "HF_TOKEN is set, but that account has no access" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set"

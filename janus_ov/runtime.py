@@ -10,7 +10,7 @@ All calls share memory with OpenVINO both ways (`share_inputs`, `share_outputs`)
 numpy views of the request's own output tensors, valid until that request runs again.
 
 Warm-up: the first inference of each part pays OpenVINO's one-off costs (the CPU plugin repacks
-weights into its kernels' layout and JIT-compiles them: ~4 s for a 1B language model). The
+weights into its kernels' layout and JIT-compiles them: seconds for a 1B language model). The
 runtime pays them once, in a background thread started at load, so the app serves at once and
 its first request is as fast as later ones (a request that arrives earlier waits for it). After
 that the memory-mapped IR weights the plugin has copied are dropped from the process (see
@@ -33,6 +33,7 @@ from .kv_cache import PagedKVCache, compile_paged
 from .memory import drop_mapped_pages
 from .model_info import ModelInfo
 from .parts import PARTS
+from .prefix_cache import PrefixCache
 
 # Parts each request gets its own infer request for (called at every generation step).
 PER_REQUEST = ("text_embeddings", "language_model", "lm_head", "gen_embeddings", "gen_head")
@@ -84,7 +85,7 @@ class Context:
                         for name in PER_REQUEST}
         self._bound = {name: {} for name in PER_REQUEST}  # input -> (caller's array or None, array the tensor uses)
         self.kv = PagedKVCache(self.req["language_model"], runtime.device)
-        self.image_embeds: dict = {}  # the last chat's image embeddings by fingerprint (chat.py)
+        self.prefix = PrefixCache(self.kv.block_size)  # what the KV cache holds from the last chat turn
 
     # -- per-request parts: return views into this context's output tensors --
 
@@ -118,6 +119,7 @@ class Context:
     def start(self, capacities, keep: int = 0) -> None:
         """Start new sequences in the language model, one per row; row i will hold at most
         capacities[i] tokens (prompt + generated). keep: see PagedKVCache.start."""
+        self.prefix.forget()  # the caller records what the rows hold once it has written them
         self.kv.start(capacities, keep)
 
     def language_model(self, inputs_embeds: np.ndarray, lengths=None) -> np.ndarray:
@@ -168,21 +170,28 @@ class Runtime:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
         self.device = device
         self.config = compile_config(device, ov_config, cache_dir)
+        self._warm = threading.Event()
+        loading = threading.Event()  # set once compiling and the warm-up are over
+        threading.Thread(target=self._shed_mapped_pages, args=(loading,), name="janus-ov-shed", daemon=True).start()
         # Compiling from the path (not a read_model result) lets a cache hit skip reading the IR.
         # Parts compile in parallel: OpenVINO releases the GIL, and the big part dominates anyway.
-        with ThreadPoolExecutor(max_workers=len(PARTS)) as pool:
-            compiled = pool.map(self._compile, PARTS)
-            self.compiled = dict(zip(PARTS, compiled))
+        try:
+            with ThreadPoolExecutor(max_workers=len(PARTS)) as pool:
+                compiled = pool.map(self._compile, PARTS)
+                self.compiled = dict(zip(PARTS, compiled))
+        except BaseException:
+            loading.set()
+            raise
         self._shared = {name: (self.compiled[name].create_infer_request(), threading.Lock()) for name in SHARED}
         self._free: list[Context] = []  # idle contexts, the most recently used last
         self._created = 0
         self._max = max_concurrency
         self._pool = threading.Condition()
-        self._warm = threading.Event()
         self.warm_up_s: float | None = None
         if warm_up:
-            threading.Thread(target=self._warm_up, name="janus-ov-warm-up", daemon=True).start()
+            threading.Thread(target=self._warm_up, args=(loading,), name="janus-ov-warm-up", daemon=True).start()
         else:
+            loading.set()
             self._warm.set()
 
     def _compile(self, part: str) -> ov.CompiledModel:
@@ -195,7 +204,17 @@ class Runtime:
         """Block until the warm-up is over (True), or `timeout` seconds pass (False)."""
         return self._warm.wait(timeout)
 
-    def _warm_up(self) -> None:
+    def _shed_mapped_pages(self, loading: threading.Event, every_s: float = 0.2) -> None:
+        """While the plugin compiles and first runs the parts it reads each IR's mapped weights once,
+        to copy them into its own layout; pages it has read are dropped as it goes, so the mapped
+        file and the plugin's copy are never both whole in our RSS (the peak of a 7B model would be
+        their sum). A page read again is faulted back in from the page cache."""
+        dirs = [self.model_dir, self.config.get("CACHE_DIR")]
+        while not loading.wait(every_s):
+            drop_mapped_pages(dirs)
+        drop_mapped_pages(dirs)
+
+    def _warm_up(self, loading: threading.Event) -> None:
         t0 = time.perf_counter()
         try:
             ctx = self._take()
@@ -207,6 +226,7 @@ class Runtime:
             print(f"janus_ov: warm-up failed ({type(err).__name__}: {err}); the first request will be slower.")
         finally:
             self.warm_up_s = time.perf_counter() - t0
+            loading.set()
             self._warm.set()
 
     def run_shared(self, part: str, inputs: dict) -> np.ndarray:
@@ -219,7 +239,7 @@ class Runtime:
         """Borrow a context (blocks while `max_concurrency` requests are running, or the warm-up).
 
         prefer(ctx) -> int: among idle contexts take the one it scores highest, if above 0 (a
-        chat's follow-up: the context that holds the conversation in its KV cache, chat.py);
+        chat's follow-up: the context whose prefix cache holds most of its prompt);
         otherwise the most recently used one (its memory is warm), or a new one.
         """
         self._warm.wait()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import special_tokens
+
 # The Janus-Pro chat template, as transformers' conversion script writes it into
 # deepseek-community/Janus-Pro-* (processor_config / chat_template.jinja).
 CHAT_TEMPLATE = (
@@ -53,11 +55,9 @@ CHAT_TEMPLATE = (
     "{%if add_generation_prompt%}<|Assistant|>:{%endif%}"
 )
 
-BOS, EOS, PAD = "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<\uff5c\u2581pad\u2581\uff5c>"
-IMAGE_TOKEN, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
-# Same order as the real DeepSeek vocabulary appends them.
-SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE_TOKEN, "<patch_placeholder>", BOI, EOI,
-                  "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>", "<|User|>", "<|Assistant|>"]
+BOS, EOS, PAD, IMAGE_TOKEN, BOI, EOI = (special_tokens.BOS, special_tokens.EOS, special_tokens.PAD,
+                                       special_tokens.IMAGE, special_tokens.BOI, special_tokens.EOI)
+SPECIAL_TOKENS = special_tokens.ALL
 
 # Training text: English plus multi-byte scripts, so byte-level BPE learns some merges
 # and the model can emit characters that span several tokens (tests streaming).
@@ -153,6 +153,23 @@ def build_tiny_model(output: str | Path, seed: int = 0) -> Path:
     gen.generation_kwargs = {"boi_token_id": ids[BOI]}
     model.to(torch.bfloat16).save_pretrained(output)
     return output
+
+
+def tiny_demo_checkpoint(cache_dir=None, say=print) -> Path:
+    """The tiny checkpoint `app.py --tiny-demo` serves, built once into the cache (in a staging
+    directory renamed into place, under the cache's lock: a killed build never looks finished)."""
+    from .cache import default_cache_dir, entry_lock, staged
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    target = root / "tiny-demo-checkpoint"
+    if (target / "config.json").is_file():
+        return target
+    with entry_lock(root, target.name, say):
+        if not (target / "config.json").is_file():  # not built by another process meanwhile
+            say(f"Building the tiny random-weight demo model in {target} ...")
+            with staged(target, root) as tmp:
+                build_tiny_model(tmp)
+    return target
 
 
 def main(argv=None):

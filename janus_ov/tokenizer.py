@@ -72,6 +72,12 @@ class JanusTokenizer:
         ids = self._text_ids(prompt)
         return len(ids) + ids.count(self.info.image_id) * (int(self.info.num_image_tokens) + 1)
 
+    def count_pieces(self, pieces: list[str]) -> list[int]:
+        """Tokens of each prompt piece on its own (no BOS; an image tag counts as its expansion)."""
+        n = int(self.info.num_image_tokens)
+        return [len(e.ids) + e.ids.count(self.info.image_id) * (n + 1)
+                for e in self.tokenizer.encode_batch(pieces, add_special_tokens=False)]
+
     def encode_image_prompt(self, prompt: str) -> np.ndarray:
         """Text-to-image prompt (from prompts.image_prompt) -> int64 ids [T]: BOS ... <begin_of_image>."""
         ids = self._text_ids(prompt) + [self.info.boi_id]

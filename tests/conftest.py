@@ -1,4 +1,6 @@
-"""Shared fixtures: one tiny random Janus checkpoint and its fp32 IR, built once per test session."""
+"""Shared fixtures: one tiny random Janus checkpoint and its fp32 IR, built once per test session;
+a pipeline on that IR and transformers' PyTorch model of the checkpoint, once per module; the
+helpers several modules use (`from conftest import F32, chat_template`)."""
 
 import os
 from pathlib import Path
@@ -34,3 +36,38 @@ def tiny_ir_fp32(tiny_model_dir, tmp_path_factory) -> Path:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+# Full precision for parity with PyTorch: no bf16 arithmetic, no u8 KV cache.
+F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_ir_fp32, tmp_path_factory):
+    from janus_ov.pipeline import JanusPipeline
+
+    return JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path_factory.mktemp("compiled"))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    """transformers' fp32 Janus of the tiny checkpoint and its JanusProcessor."""
+    import torch
+    from transformers import JanusForConditionalGeneration, JanusProcessor
+
+    model = JanusForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model gains nothing from threads; spare the shared cores
+    yield model, JanusProcessor.from_pretrained(tiny_model_dir)
+    torch.set_num_threads(threads)
+
+
+def chat_template(processor, messages) -> str:
+    """Our message format -> transformers' chat template text (a turn's images, then its text)."""
+    conv = []
+    for m in messages:
+        content = [{"type": "image"} for _ in m.get("images", [])]
+        if m["content"]:
+            content.append({"type": "text", "text": m["content"]})
+        conv.append({"role": m["role"], "content": content})
+    return processor.apply_chat_template(conv, add_generation_prompt=True)

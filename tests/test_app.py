@@ -306,8 +306,8 @@ def test_failed_load_ends_with_one_clear_message(tmp_path):
     (["--auth", "nopassword"], {}, "USER:PASSWORD"),
 ])
 def test_bad_settings_are_reported_before_loading(argv, env, words):
-    run = subprocess.run([sys.executable, str(REPO / "app.py"), *argv], cwd=REPO, capture_output=True, encoding="utf-8", errors="replace",
-                         timeout=120, env={**os.environ, **env})
+    run = subprocess.run([sys.executable, str(REPO / "app.py"), *argv], cwd=REPO, capture_output=True, encoding="utf-8",
+                         errors="replace", timeout=120, env={**os.environ, **env})
     assert run.returncode == 2
     assert words in run.stderr and "Traceback" not in run.stderr
 

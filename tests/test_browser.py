@@ -9,11 +9,9 @@ assets/screenshots/ for the README.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-
 from test_app import ASSETS, shared_cache, start_app, stop_app
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -35,16 +33,26 @@ def server(tmp_path_factory, artifacts_dir):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
         playwright_api.expect.set_options(timeout=TIMEOUT_MS)
-        page.goto(server)
-        page.wait_for_selector("#chat-input textarea")
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, url):
+    """A new browser context (its own cookies and storage): a new visitor, a new Gradio session."""
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#chat-input textarea")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    return open_page(browser, server)
 
 
 def keep(page, artifacts_dir: Path, name: str):
@@ -91,10 +99,7 @@ def ask(page, text: str, images=()):
 def test_chat_with_an_image(page, artifacts_dir):
     bots, users = page.locator("#chatbot [data-testid=bot]"), page.locator("#chatbot [data-testid=user]")
     expect = playwright_api.expect
-    # Keep answers short: set "Max new tokens" in the parameters accordion.
-    page.get_by_text("Parameters").first.click()
-    page.fill("#chat-max-new-tokens input[type=number]", "40")
-    page.press("#chat-max-new-tokens input[type=number]", "Enter")
+    set_max_new_tokens(page, 40)  # keep answers short
 
     ask(page, "What shapes are in this picture?", [ASSETS / "shapes.png"])
     expect(users.filter(has_text="What shapes are in this picture?")).to_have_count(1)
@@ -150,3 +155,37 @@ def test_stop_image_generation(page):
     page.press("#t2i-num-images input[type=number]", "Enter")
     page.click("#t2i-generate")
     expect(thumbnails).to_have_count(1)
+
+
+def set_max_new_tokens(page, n: int):
+    page.get_by_text("Parameters").first.click()
+    page.fill("#chat-max-new-tokens input[type=number]", str(n))
+    page.press("#chat-max-new-tokens input[type=number]", "Enter")
+
+
+def test_each_visitor_sees_only_their_own_figures(browser, server, artifacts_dir):
+    """Two sessions chat at the same time: each footer shows its own run's figures, and a newcomer
+    sees none (the footer once showed whoever ran last)."""
+    import re
+
+    expect = playwright_api.expect
+    a, b = open_page(browser, server), open_page(browser, server)
+    for visitor, n in ((a, 24), (b, 3)):
+        set_max_new_tokens(visitor, n)
+        visitor.evaluate(WATCH_CHAT_RUNS)
+        visitor.fill("#chat-input textarea", "Tell me a story about a lighthouse.")
+    for visitor in (a, b):  # both answers are under way together
+        visitor.click("#chat-input [data-testid=submit-button]")
+    for visitor in (a, b):
+        visitor.wait_for_function("() => window.__chatRuns >= 1", timeout=TIMEOUT_MS)
+    for visitor, n in ((a, 24), (b, 3)):
+        expect(visitor.locator("#footer")).to_contain_text("your last chat")
+        tokens = int(re.search(r"your last chat: (\d+) tokens", visitor.locator("#footer").inner_text()).group(1))
+        answer = visitor.locator("#chatbot [data-testid=bot]").last.inner_text()
+        assert 1 <= tokens <= n and answer.strip(), (n, tokens, answer)
+    newcomer = open_page(browser, server)
+    expect(newcomer.locator("#footer")).to_contain_text("weights")
+    assert "last chat" not in newcomer.locator("#footer").inner_text()  # nobody else's run
+    keep(newcomer, artifacts_dir, "newcomer-footer")
+    for visitor in (a, b, newcomer):
+        visitor.context.close()

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fakehub import FakeHub
+
 from janus_ov import cache
 from janus_ov.cache import EXPORTER_VERSION, ensure_converted, verify
 from janus_ov.errors import ConversionError, InvalidInputError

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import F32
 from PIL import Image
 
 from janus_ov.chat import generate_tokens
 from janus_ov.pipeline import JanusPipeline
+from janus_ov.prefix_cache import KeyedPrompt
 from janus_ov.sampling import TokenSampler
 
 REPO = Path(__file__).resolve().parents[1]
-F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 
 
 def _image(seed, size=(320, 240)):
@@ -35,20 +36,6 @@ TWO_TURNS = [
     {"role": "assistant", "content": "A cat sitting on a red sofa."},
     {"role": "user", "content": "Compare the two images.", "images": [_image(3, (200, 380))]},
 ]
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_ir_fp32, tmp_path_factory):
-    return JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path_factory.mktemp("compiled"))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    import torch
-    from transformers import JanusForConditionalGeneration, JanusProcessor
-
-    model = JanusForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    return model, JanusProcessor.from_pretrained(tiny_model_dir)
 
 
 def reference_inputs(processor, messages):
@@ -74,7 +61,8 @@ def ov_tokens(pipe, messages, max_new_tokens, sampler=None, stop_ids=None):
     input_ids, pixel_values = pipe._chat_inputs(messages, max_new_tokens)
     sampler = sampler or TokenSampler(pipe.info.vocab_size)
     with pipe.runtime.context() as ctx:
-        return list(generate_tokens(ctx, pipe.info, input_ids, pixel_values, sampler, max_new_tokens, stop_ids))
+        prompt = KeyedPrompt.of(pipe.info, input_ids, pixel_values)
+        return list(generate_tokens(ctx, pipe.info, prompt, pixel_values, sampler, max_new_tokens, stop_ids))
 
 
 @pytest.mark.parametrize("messages", [ONE_IMAGE, TWO_TURNS], ids=["one_image", "two_turns_two_images"])
@@ -90,8 +78,9 @@ def test_greedy_tokens_identical_to_transformers(pipe, reference, messages):
     # Both sides stop at EOS; the tiny model must actually talk for the test to mean something.
     assert len(expected) >= 20, expected
     assert ov_tokens(pipe, messages, 32) == expected
-    assert pipe.chat(messages, max_new_tokens=32) == processor.decode(expected, skip_special_tokens=True)
-    stats = pipe.last_stats
+    answer = pipe.chat(messages, max_new_tokens=32)
+    assert answer == processor.decode(expected, skip_special_tokens=True)
+    stats = answer.stats
     assert stats["prompt_tokens"] == len(input_ids) and stats["new_tokens"] == len(expected)
 
 
@@ -121,8 +110,9 @@ def test_prefill_and_step_logits_match_transformers(pipe, reference):
 def test_sampling_is_seeded_and_streams_exactly(pipe):
     msgs = [{"role": "user", "content": "Say something."}]
     kwargs = dict(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=7)
-    pieces = list(pipe.chat_stream(msgs, **kwargs))
-    assert pipe.last_stats["seed"] == 7
+    stream = pipe.chat_stream(msgs, **kwargs)
+    pieces = list(stream)
+    assert stream.stats["seed"] == 7 and stream.text == "".join(pieces)
     assert "".join(pieces) == pipe.chat(msgs, **kwargs)
     assert pipe.chat(msgs, **{**kwargs, "seed": 8}) != "".join(pieces)
 
@@ -156,10 +146,11 @@ def test_stop_event_ends_the_stream_and_pipeline_stays_usable(pipe):
     stop = threading.Event()
     msgs = [{"role": "user", "content": "Tell me a long story."}]
     got = []
-    for piece in pipe.chat_stream(msgs, max_new_tokens=200, temperature=1.0, seed=1, stop_event=stop):
+    stream = pipe.chat_stream(msgs, max_new_tokens=200, temperature=1.0, seed=1, stop_event=stop)
+    for piece in stream:
         got.append(piece)
         stop.set()
-    assert pipe.last_stats["new_tokens"] <= 4  # stopped right away (a piece may need a few tokens)
+    assert stream.stats["new_tokens"] <= 4  # stopped right away (a piece may need a few tokens)
     assert pipe.chat(msgs, max_new_tokens=5) == pipe.chat(msgs, max_new_tokens=5)
 
 
@@ -179,7 +170,8 @@ def test_follow_up_turns_prefill_only_what_is_new(tiny_ir_fp32, reference):
         input_ids, pixel_values = pipe._chat_inputs(messages, 10)
         stats = {}
         with pipe.runtime.context() as ctx:
-            tokens = list(generate_tokens(ctx, pipe.info, input_ids, pixel_values, TokenSampler(pipe.info.vocab_size),
+            tokens = list(generate_tokens(ctx, pipe.info, KeyedPrompt.of(pipe.info, input_ids, pixel_values),
+                                          pixel_values, TokenSampler(pipe.info.vocab_size),
                                           10, stats=stats))
         assert tokens == reference_greedy(model, reference_inputs(processor, messages), 10)
         return pipe.tokenizer.decode(tokens), stats, vision_calls.count("vision")
@@ -219,8 +211,8 @@ def test_concurrent_conversations_each_go_on_from_their_own_cache(tiny_ir_fp32):
     answer_a = first + "".join(stream_a)  # A ends last: the most recently used context is A's
     for conversation, answer in ((b, answer_b), (a, answer_a)):
         follow_up = conversation + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Colours?"}]
-        pipe.chat(follow_up, max_new_tokens=5)
-        assert pipe.last_stats["cached_tokens"] >= pipe.info.num_image_tokens, conversation[0]["content"]
+        cached = pipe.chat(follow_up, max_new_tokens=5).stats["cached_tokens"]
+        assert cached >= pipe.info.num_image_tokens, conversation[0]["content"]
     assert pipe.runtime._created == 2
 
 
@@ -229,9 +221,10 @@ def test_a_turn_stopped_midway_leaves_a_usable_cache(tiny_ir_fp32, reference):
     pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=1)
     messages = [{"role": "user", "content": "Describe the image.", "images": [_image(5)]}]
     stop = threading.Event()
-    for _ in pipe.chat_stream(messages, max_new_tokens=50, stop_event=stop):
+    stream = pipe.chat_stream(messages, max_new_tokens=50, stop_event=stop)
+    for _ in stream:
         stop.set()
-    assert pipe.last_stats["new_tokens"] < 50
+    assert stream.stats["new_tokens"] < 50
     tokens = ov_tokens(pipe, messages, 10)
     assert tokens == reference_greedy(model, reference_inputs(processor, messages), 10)
 
@@ -260,7 +253,8 @@ print(json.dumps({{"text": text, "size": list(images[0].size),
                   "loaded": sorted(m for m in ("torch", "transformers") if m in sys.modules)}}))
 """
     env = {**os.environ, "JANUS_OV_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", env=env,
+                         timeout=600)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["loaded"] == [] and result["size"] == [384, 384] and result["text"]

@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import F32
 from PIL import Image
 
 from janus_ov.pipeline import JanusPipeline
 
-F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 IMAGE = Image.fromarray(np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8))
 
 JOBS = {

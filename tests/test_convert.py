@@ -12,12 +12,12 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from conftest import F32
 
 from janus_ov import parts
 from janus_ov.errors import ConversionError, ModelNotFoundError
 from janus_ov.model_info import ModelInfo
 
-F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 FP32_TOL, FP16_TOL = 1e-3, 2e-2
 CORE = ov.Core()
 
@@ -327,7 +327,7 @@ def test_run_time_language_model_precision_follows_its_weights(tiny_ir_int4, tin
 
 
 def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16, tiny_ir_fp32, torch_model):
-    from janus_ov.compress import weight_types
+    from janus_ov.parts import weight_types
 
     def types(ir_dir, name):
         counts = weight_types(CORE.read_model(ir_dir / f"{name}.xml"))

@@ -8,10 +8,10 @@ Tolerance as test_convert's fp32 parts: relative error <= 1e-3 (measured ~1e-6).
 import numpy as np
 import pytest
 import torch
+from conftest import F32
 
 from janus_ov.runtime import Runtime
 
-F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 FP32_TOL = 1e-3
 
 

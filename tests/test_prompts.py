@@ -5,6 +5,7 @@ import dataclasses
 import shutil
 
 import pytest
+from conftest import chat_template
 
 from janus_ov import prompts
 from janus_ov.errors import InvalidInputError
@@ -39,13 +40,7 @@ def _reference_pro(processor, messages, generation_mode="text"):
     text), with DEFAULT_SYSTEM_PROMPT prepended in text mode (use_default_system_prompt=True)."""
     from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
-    conv = []
-    for m in messages:
-        content = [{"type": "image"} for _ in m.get("images", [])]
-        if m["content"]:
-            content.append({"type": "text", "text": m["content"]})
-        conv.append({"role": m["role"], "content": content})
-    text = processor.apply_chat_template(conv, add_generation_prompt=True)
+    text = chat_template(processor, messages)
     return DEFAULT_SYSTEM_PROMPT + text if generation_mode == "text" else text
 
 

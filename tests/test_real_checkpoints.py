@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deepseek_reference import VLChatProcessor
 from PIL import Image
 
-from deepseek_reference import VLChatProcessor
 from janus_ov import prompts
 from janus_ov.checkpoint import read_metadata
+from janus_ov.deepseek_format import is_original_format
 from janus_ov.images import load_image, preprocess, resized_size
-from janus_ov.original import is_original_format
 from janus_ov.tokenizer import JanusTokenizer
 
 REAL = Path(__file__).parent / "data" / "real-metadata"

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fakehub import FakeHub
+
 from janus_ov.errors import ModelNotFoundError
 from janus_ov.resolve import resolve
 

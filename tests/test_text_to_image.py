@@ -12,33 +12,14 @@ import threading
 import numpy as np
 import pytest
 
-from janus_ov.pipeline import JanusPipeline
 from janus_ov.sampling import ImageSampler
 from janus_ov.text_to_image import generate_image_tokens
 
-F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 PROMPT = "A photo of a mountain lake at sunrise, highly detailed."
 # Tolerances (fp32 IR vs fp32 PyTorch): CFG-mixed logits within 5e-4 absolute (they span about
 # +-20, and w = 5 amplifies the rows' float error ~11x), decoded pixels (about -1..1) within 1e-3,
 # final uint8 images within 1 level on < 1 % of the pixels. The token sequences must be equal.
 LOGITS_ATOL, PIXELS_ATOL = 5e-4, 1e-3
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_ir_fp32, tmp_path_factory):
-    return JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path_factory.mktemp("compiled"))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    import torch
-    from transformers import JanusForConditionalGeneration, JanusProcessor
-
-    model = JanusForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model gains nothing from threads; spare the shared cores
-    yield model, JanusProcessor.from_pretrained(tiny_model_dir)
-    torch.set_num_threads(threads)
 
 
 def reference_rows(model, processor, prompt, negative_prompt, num_images):
@@ -110,7 +91,13 @@ def ov_generate(pipe, prompt, negative_prompt, num_images, cfg_weight, temperatu
     cond, uncond = pipe._image_inputs(prompt, negative_prompt)
     sampler = Recorder(num_images, pipe.info.codebook_size, temperature, seed)
     with pipe.runtime.context() as ctx:
-        tokens = generate_image_tokens(ctx, pipe.info, cond, uncond, num_images, cfg_weight, sampler)
+        steps = generate_image_tokens(ctx, pipe.info, cond, uncond, num_images, cfg_weight, sampler, {}, preview_every=0)
+        while True:  # a generator of progress events whose return value is the tokens
+            try:
+                next(steps)
+            except StopIteration as done:
+                tokens = done.value
+                break
     return tokens, np.stack(recorded)
 
 
@@ -194,10 +181,10 @@ def test_callback_previews_and_cancel(pipe):
             assert (shown[len(expected):] == 128).all()
 
     first = []
-    pipe.generate_images("a red fox", seed=3, preview_every=12,
-                         callback=lambda step, total, preview: first.append(preview) if step <= 24 else None)
+    result = pipe.generate_images("a red fox", seed=3, preview_every=12,
+                                  callback=lambda step, total, preview: first.append(preview) if step <= 24 else None)
     assert first[11] is None and first[23] is not None  # no preview before the first row is done
-    assert pipe.last_stats["steps"] == 576 and pipe.last_stats["steps_per_s"] > 0
+    assert result.stats["steps"] == 576 and result.stats["steps_per_s"] > 0 and not result.cancelled
 
     stop = threading.Event()
     seen = []
@@ -207,7 +194,40 @@ def test_callback_previews_and_cancel(pipe):
         if step == 10:
             stop.set()
 
-    assert pipe.generate_images("a red fox", seed=3, callback=cancel_at_10, stop_event=stop) == []
-    assert seen[-1] == 10 and pipe.last_stats["cancelled"]
+    cancelled = pipe.generate_images("a red fox", seed=3, callback=cancel_at_10, stop_event=stop)
+    assert cancelled.images == [] and cancelled.cancelled and cancelled.stats["steps"] == 10
+    assert seen[-1] == 10
     again = pipe.generate_images("a red fox", seed=3, preview_every=0)  # still usable, same result
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))
+
+
+def test_image_stream_reports_progress_decoding_and_its_own_result(pipe):
+    """The iterator form: 576 token steps (previews every preview_every), one event per decoded image,
+    then the ImageResult, whose images equal generate_images' and whose stats are this run's."""
+    from janus_ov.results import ImageProgress, ImageResult
+
+    events = list(pipe.generate_images_stream("a red fox", num_images=2, seed=3, preview_every=288))
+    *progress, result = events
+    assert isinstance(result, ImageResult) and not result.cancelled
+    assert all(isinstance(e, ImageProgress) for e in progress)
+    steps = [(e.step, e.total) for e in progress if e.stage == "tokens"]
+    assert steps == [(s, 576) for s in range(1, 577)]
+    assert [e.step for e in progress if e.preview is not None] == [288]
+    assert [(e.step, e.total) for e in progress if e.stage == "decoding"] == [(1, 2), (2, 2)]
+    assert result.stats["num_images"] == 2 and result.stats["steps"] == 576 and result.stats["seed"] == 3
+    same = pipe.generate_images("a red fox", num_images=2, seed=3)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(result.images, same.images))
+    assert same.stats is not result.stats and len(same) == 2
+
+
+def test_closing_the_image_stream_stops_the_run_and_frees_its_context(pipe):
+    events = pipe.generate_images_stream("a red fox", seed=3)
+    for event in events:
+        if event.step == 5:
+            break
+    busy = len(pipe.runtime._free)
+    events.close()  # what Gradio does when a request is cancelled or its client leaves
+    assert len(pipe.runtime._free) == busy + 1  # the context is back in the pool at once
+    with pytest.raises(StopIteration):
+        next(events)
+    assert pipe.generate_images("a red fox", seed=3).stats["steps"] == 576  # and the pipeline goes on

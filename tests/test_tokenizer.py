@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import chat_template
 from PIL import Image
 
 from janus_ov import prompts
@@ -37,17 +38,6 @@ def tok(ref, tiny_model_dir, tmp_path_factory):
 IMG = Image.new("RGB", (64, 48), (200, 30, 30))
 
 
-def _template(processor, messages):
-    """Our message format -> the transformers chat-template format (a turn's images, then its text)."""
-    conv = []
-    for m in messages:
-        content = [{"type": "image"} for _ in m.get("images", [])]
-        if m["content"]:
-            content.append({"type": "text", "text": m["content"]})
-        conv.append({"role": m["role"], "content": content})
-    return processor.apply_chat_template(conv, add_generation_prompt=True)
-
-
 CONVERSATIONS = {
     "one_image": [{"role": "user", "content": "Describe the image in detail.", "images": [IMG]}],
     "two_turns_two_images": [
@@ -66,7 +56,7 @@ def test_encode_chat_equals_processor(ref, tok, name):
     processor, info = ref
     messages = CONVERSATIONS[name]
     images = prompts.collect_images(messages)
-    expected = processor(text=_template(processor, messages), images=images or None,
+    expected = processor(text=chat_template(processor, messages), images=images or None,
                          return_tensors="np")["input_ids"][0]
     ids = tok.encode_chat(prompts.chat_prompt(messages, info), num_images=len(images))
     assert ids.dtype == np.int64
@@ -191,7 +181,7 @@ def test_legacy_original_checkpoint_matches_deepseek_processing():
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from janus_ov.original import read_metadata
+    from janus_ov.deepseek_format import read_metadata
 
     fixture = Path(__file__).parent / "data" / "tiny-janus-original"
     info, tokenizer_json = read_metadata(fixture, prompt_style="legacy")

@@ -16,6 +16,7 @@ import math
 import re
 from pathlib import Path
 
+from . import special_tokens
 from .errors import ConversionError
 from .model_info import DEFAULT_SYSTEM_PROMPT, ModelInfo
 
@@ -31,7 +32,6 @@ SUPPORTED_MODELS = (
 SUB_CONFIGS = ("language_config", "vision_config", "aligner_config",
                "gen_vision_config", "gen_aligner_config", "gen_head_config")
 
-PAD_TOKEN, BOI_TOKEN, EOI_TOKEN = "<\uff5c\u2581pad\u2581\uff5c>", "<begin_of_image>", "<end_of_image>"
 # The attention head count is not visible in any tensor shape. DeepSeek's siglip_vit.py names its
 # towers (width, heads); when the tensors have the named width we trust the name, otherwise (a
 # shrunk test model) we assume SigLIP-L/16's head size.
@@ -56,7 +56,7 @@ def is_original_format(model_dir) -> bool:
 # DeepSeek's conversation templates (janus/utils/conversation.py): "deepseek" writes the roles
 # <|User|>/<|Assistant|> (Janus-Pro), "deepseek_old" User/Assistant (Janus-1.3B since the Pro release).
 SFT_FORMATS = {"deepseek": "pro", "deepseek_old": "legacy"}
-ROLE_TOKENS = ("<|User|>", "<|Assistant|>")
+ROLE_TOKENS = (special_tokens.USER, special_tokens.ASSISTANT)
 
 
 def prompt_style_for(model_dir, processor: dict, has_role_tokens: bool, hidden_size: int) -> str:
@@ -461,12 +461,12 @@ def load_tokenizer(model_dir: Path, processor: dict):
     cfg = _read_json(model_dir / "tokenizer_config.json", required=False)
     special = _read_json(model_dir / "special_tokens_map.json", required=False)
     names = {
-        "bos": _token_text(cfg.get("bos_token") or special.get("bos_token"), "<\uff5cbegin\u2581of\u2581sentence\uff5c>"),
-        "eos": _token_text(cfg.get("eos_token") or special.get("eos_token"), "<\uff5cend\u2581of\u2581sentence\uff5c>"),
-        "pad": PAD_TOKEN,  # DeepSeek's processor pads with this token whatever the tokenizer config says
-        "image": processor.get("image_tag", "<image_placeholder>"),
-        "boi": BOI_TOKEN,
-        "eoi": EOI_TOKEN,
+        "bos": _token_text(cfg.get("bos_token") or special.get("bos_token"), special_tokens.BOS),
+        "eos": _token_text(cfg.get("eos_token") or special.get("eos_token"), special_tokens.EOS),
+        "pad": special_tokens.PAD,  # DeepSeek's processor pads with this token whatever the tokenizer config says
+        "image": processor.get("image_tag", special_tokens.IMAGE),
+        "boi": special_tokens.BOI,
+        "eoi": special_tokens.EOI,
     }
     changed = False
     if tokenizer.token_to_id(names["image"]) is None:  # VLChatProcessor.__init__: add_special_tokens
@@ -576,7 +576,10 @@ def read_original_config(model_dir: Path) -> dict:
 
 
 def load_parts(model_dir, dtype=None):
-    """(model, ModelInfo, tokenizer.json text) for an original checkpoint; see load_original."""
+    """(transformers Janus model in eval mode, ModelInfo, tokenizer.json text) for an original checkpoint.
+
+    `dtype=None` keeps the stored dtype (config's torch_dtype, bf16 for DeepSeek's repos).
+    """
     import torch
     from transformers import JanusForConditionalGeneration
 
@@ -600,17 +603,6 @@ def load_parts(model_dir, dtype=None):
     _set_generation_config(model, ids)
     model.eval().requires_grad_(False)
     return model, info, tokenizer_json
-
-
-def load_original(model_dir, dtype=None):
-    """Checkpoint (transformers Janus model in eval mode, ModelInfo, tokenizer.json) for an original repo.
-
-    `dtype=None` keeps the stored dtype (config's torch_dtype, bf16 for DeepSeek's repos).
-    """
-    from .checkpoint import Checkpoint  # imported late: checkpoint.py imports this module
-
-    model, info, tokenizer_json = load_parts(model_dir, dtype)
-    return Checkpoint(model=model, info=info, tokenizer_json=tokenizer_json)
 
 
 def _target_dtype(dtype, config: dict):
@@ -675,7 +667,7 @@ def _rebuild_derived_buffers(model) -> None:
             _assign(model, name, torch.arange(buffer.shape[-1]).expand((1, -1)))
         else:
             raise ConversionError(f"Do not know how to rebuild the derived buffer {name!r} "
-                                  "(transformers' Janus changed; update janus_ov/original.py).")
+                                  "(transformers' Janus changed; update janus_ov/deepseek_format.py).")
 
 
 def _set_generation_config(model, ids: dict) -> None:

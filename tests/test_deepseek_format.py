@@ -1,4 +1,4 @@
-"""DeepSeek's original "multi_modality" checkpoints load as transformers' Janus (janus_ov/original.py).
+"""DeepSeek's original "multi_modality" checkpoints load as transformers' Janus (janus_ov/deepseek_format.py).
 
 Fixtures (tests/data, copied byte-identical from the shared fixtures, see FIXTURES.md): a tiny
 random checkpoint written by DeepSeek's own code, as model.safetensors and as pytorch_model.bin,
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from janus_ov import original
+from janus_ov import deepseek_format
 from janus_ov.errors import ConversionError
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -27,7 +27,7 @@ DROPPED = ("vision_model.vision_tower.attn_pool.", "gen_vision_model.quantize.co
 
 
 def source_tensors(model_dir: Path) -> dict:
-    """The original tensors as stored, read independently of janus_ov.original."""
+    """The original tensors as stored, read independently of janus_ov.deepseek_format."""
     if (model_dir / "model.safetensors").is_file():
         with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
@@ -36,7 +36,7 @@ def source_tensors(model_dir: Path) -> dict:
 
 @pytest.fixture(scope="module", params=[TINY_ST, TINY_BIN], ids=["safetensors", "bin"])
 def loaded_fp32(request):
-    model, info, tokenizer_json = original.load_parts(request.param, dtype=torch.float32)
+    model, info, tokenizer_json = deepseek_format.load_parts(request.param, dtype=torch.float32)
     return request.param, model, info, tokenizer_json
 
 
@@ -57,16 +57,16 @@ def rewrite_safetensors(model_dir: Path, edit) -> None:
 # --------------------------------------------------------------------------- detection
 
 def test_detects_original_format_only(tmp_path, tiny_model_dir):
-    assert original.is_original_format(TINY_ST)
-    assert original.is_original_format(TINY_BIN)
-    assert not original.is_original_format(tiny_model_dir)  # transformers format
-    assert not original.is_original_format(tmp_path)  # no config.json
+    assert deepseek_format.is_original_format(TINY_ST)
+    assert deepseek_format.is_original_format(TINY_BIN)
+    assert not deepseek_format.is_original_format(tiny_model_dir)  # transformers format
+    assert not deepseek_format.is_original_format(tmp_path)  # no config.json
     (tmp_path / "config.json").write_text("{not json")
-    assert not original.is_original_format(tmp_path)
+    assert not deepseek_format.is_original_format(tmp_path)
 
 
 def test_supported_models_list():
-    assert original.SUPPORTED_MODELS == ("deepseek-ai/Janus-Pro-1B", "deepseek-ai/Janus-Pro-7B", "deepseek-ai/Janus-1.3B",
+    assert deepseek_format.SUPPORTED_MODELS == ("deepseek-ai/Janus-Pro-1B", "deepseek-ai/Janus-Pro-7B", "deepseek-ai/Janus-1.3B",
                                          "deepseek-community/Janus-Pro-1B", "deepseek-community/Janus-Pro-7B")
 
 
@@ -87,11 +87,11 @@ def test_full_size_janus_1_3b_maps_onto_transformers_janus():
     shapes = {k: tuple(v["shape"]) for k, v in json.loads(FULL_PARAMS.read_text(encoding="utf-8")).items()}
     assert len(shapes) == 882
     # The run-time ids of the real Janus-1.3B files (the JSON declares pad/boi/eoi 13 higher: 100015/100016/100593).
-    info, _ = original.read_metadata(DATA / "real-metadata" / "deepseek-ai--Janus-1.3B")
+    info, _ = deepseek_format.read_metadata(DATA / "real-metadata" / "deepseek-ai--Janus-1.3B")
     ids = {"bos": info.bos_id, "eos": info.eos_id, "pad": info.pad_id, "image": info.image_id, "boi": info.boi_id,
            "eoi": info.eoi_id}
     assert ids == {"bos": 100000, "eos": 100001, "pad": 100002, "image": 100581, "boi": 100003, "eoi": 100580}
-    config = original.build_config(full_size_config(), shapes, ids)
+    config = deepseek_format.build_config(full_size_config(), shapes, ids)
     vision, vq, text = config.vision_config, config.vq_config, config.text_config
     # Sizes read from the tensors are Janus-1.3B's: SigLIP-L/16 384, VQ-16, DeepSeek-LLM 1.3B.
     assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (1024, 24, 16)
@@ -105,7 +105,7 @@ def test_full_size_janus_1_3b_maps_onto_transformers_janus():
     with torch.device("meta"):
         model = JanusForConditionalGeneration(config)
     model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    mapping = original.plan(shapes, model_shapes, vq.num_embeddings)
+    mapping = deepseek_format.plan(shapes, model_shapes, vq.num_embeddings)
 
     dropped = sorted(name for name, (targets, _) in mapping.items() if not targets)
     assert dropped and all(name.startswith(DROPPED) for name in dropped)
@@ -131,16 +131,16 @@ def test_full_size_janus_1_3b_maps_onto_transformers_janus():
 
 def test_tiny_checkpoints_load_in_stored_dtype():
     for model_dir in (TINY_ST, TINY_BIN):
-        model, info, _ = original.load_parts(model_dir)
+        model, info, _ = deepseek_format.load_parts(model_dir)
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
         assert not model.training
         assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
 
 
-def test_load_original_returns_checkpoint():
+def test_original_checkpoint_loads_through_load_checkpoint():
     from janus_ov.checkpoint import Checkpoint, load_checkpoint
 
-    ckpt = load_checkpoint(TINY_BIN)  # helper A's dispatcher routes to load_original
+    ckpt = load_checkpoint(TINY_BIN)  # routes DeepSeek's format to deepseek_format.load_parts
     assert isinstance(ckpt, Checkpoint)
     assert type(ckpt.model).__name__ == "JanusForConditionalGeneration"
     assert ckpt.info.codebook_size == 256
@@ -260,12 +260,12 @@ def test_prompt_style_from_hub_cache_path_and_name_without_sft_format(tmp_path):
     snapshot = tmp_path / "hub" / "models--deepseek-ai--Janus-1.3B" / "snapshots" / "0123abc"
     snapshot.parent.mkdir(parents=True)
     shutil.copytree(TINY_BIN, snapshot)
-    assert original.load_parts(snapshot)[1].prompt_style == "pro"  # its sft_format "deepseek" decides
+    assert deepseek_format.load_parts(snapshot)[1].prompt_style == "pro"  # its sft_format "deepseek" decides
     processor = json.loads((snapshot / "processor_config.json").read_text(encoding="utf-8"))
     del processor["sft_format"]
     (snapshot / "processor_config.json").write_text(json.dumps(processor), encoding="utf-8")
-    assert original.load_parts(snapshot)[1].prompt_style == "legacy"  # the Hub cache path names Janus-1.3B
-    style = original.prompt_style_for
+    assert deepseek_format.load_parts(snapshot)[1].prompt_style == "legacy"  # the Hub cache path names Janus-1.3B
+    style = deepseek_format.prompt_style_for
     assert style(tmp_path / "models" / "Janus-1.3B", {}, True, 2048) == "legacy"
     assert style(tmp_path / "janus_pro_7b", {}, False, 4096) == "pro"
     assert style(tmp_path / "my-model", {}, False, 4096) == "pro"  # only Janus-Pro-7B is 4096 wide
@@ -280,7 +280,7 @@ def test_follows_preprocessor_config(tmp_path):
     pre.update(do_normalize=False, image_mean=[0.48145466, 0.4578275, 0.40821073], min_size=20)
     del pre["background_color"]  # DeepSeek's processor derives it from image_mean
     (model_dir / "preprocessor_config.json").write_text(json.dumps(pre))
-    _, info, _ = original.load_parts(model_dir)
+    _, info, _ = deepseek_format.load_parts(model_dir)
     assert info.do_normalize is False and info.min_size == 20
     assert info.background_color == [122, 116, 104]
 
@@ -293,7 +293,7 @@ def test_adds_bos_when_tokenizer_file_does_not(tmp_path):
     data["post_processor"] = None
     (model_dir / "tokenizer.json").write_text(json.dumps(data))
     assert Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode("hi").ids[0] != 353
-    _, info, tokenizer_json = original.load_parts(model_dir)
+    _, info, tokenizer_json = deepseek_format.load_parts(model_dir)
     ids = Tokenizer.from_str(tokenizer_json).encode("hi <image_placeholder>").ids
     assert ids[0] == info.bos_id and ids.count(info.bos_id) == 1 and ids[-1] == info.image_id
 
@@ -304,7 +304,7 @@ def test_unexpected_key_is_named(tmp_path):
     model_dir = copy_checkpoint(tmp_path)
     rewrite_safetensors(model_dir, lambda t: t.update({"vision_model.vision_tower.extra_head.weight": torch.zeros(2)}))
     with pytest.raises(ConversionError, match=r"vision_model\.vision_tower\.extra_head\.weight"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_unexpected_layer_is_named(tmp_path):
@@ -312,7 +312,7 @@ def test_unexpected_layer_is_named(tmp_path):
     model_dir = copy_checkpoint(tmp_path)
     rewrite_safetensors(model_dir, lambda t: t.update({"aligner.layers.1.weight": torch.zeros(64, 64)}))
     with pytest.raises(ConversionError, match=r"aligner\.layers\.1\.weight"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_wrong_shape_is_named(tmp_path):
@@ -320,21 +320,21 @@ def test_wrong_shape_is_named(tmp_path):
     key = "language_model.model.layers.1.mlp.up_proj.weight"
     rewrite_safetensors(model_dir, lambda t: t.update({key: torch.zeros(128, 65, dtype=torch.bfloat16)}))
     with pytest.raises(ConversionError, match=r"language_model\.model\.layers\.1\.mlp\.up_proj\.weight.*\(128, 65\)"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_missing_key_is_named(tmp_path):
     model_dir = copy_checkpoint(tmp_path)
     rewrite_safetensors(model_dir, lambda t: t.pop("language_model.model.norm.weight"))
     with pytest.raises(ConversionError, match=r"missing.*model\.language_model\.norm\.weight"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_missing_structural_key_is_named(tmp_path):
     model_dir = copy_checkpoint(tmp_path)
     rewrite_safetensors(model_dir, lambda t: t.pop("gen_embed.weight"))
     with pytest.raises(ConversionError, match=r"no tensor 'gen_embed\.weight'"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_unexpected_key_in_bin_is_named(tmp_path):
@@ -343,19 +343,19 @@ def test_unexpected_key_in_bin_is_named(tmp_path):
     state["gen_head.extra.weight"] = torch.zeros(3)
     torch.save(state, model_dir / "pytorch_model.bin")
     with pytest.raises(ConversionError, match=r"gen_head\.extra\.weight"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_missing_files_are_reported(tmp_path):
     model_dir = copy_checkpoint(tmp_path)
     (model_dir / "model.safetensors").unlink()
     with pytest.raises(ConversionError, match="no weights"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
     model_dir = copy_checkpoint(tmp_path, TINY_BIN, "sharded")
     (model_dir / "pytorch_model.bin.index.json").write_text(json.dumps(
         {"weight_map": {"gen_embed.weight": "pytorch_model-00001-of-00002.bin"}}))
     with pytest.raises(ConversionError, match="pytorch_model-00001-of-00002.bin"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_sharded_bin_checkpoint_loads(tmp_path):
@@ -368,7 +368,7 @@ def test_sharded_bin_checkpoint_loads(tmp_path):
     (model_dir / "pytorch_model.bin").unlink()
     weight_map = {k: file for file, keys in shards.items() for k in keys}
     (model_dir / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    model, _, _ = original.load_parts(model_dir)
+    model, _, _ = deepseek_format.load_parts(model_dir)
     torch.testing.assert_close(model.lm_head.weight, state["language_model.lm_head.weight"], rtol=0, atol=0)
 
 
@@ -381,7 +381,7 @@ def test_tokenizer_from_other_model_is_refused(tmp_path):
 
     rewrite_safetensors(model_dir, shrink_vocab)
     with pytest.raises(ConversionError, match="300-row embedding table"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 def test_private_language_config_keys_are_ignored(tmp_path):
@@ -389,7 +389,7 @@ def test_private_language_config_keys_are_ignored(tmp_path):
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     config["language_config"]["_attn_implementation"] = "flash_attention_2"  # not available on CPU
     (model_dir / "config.json").write_text(json.dumps(config))
-    model, _, _ = original.load_parts(model_dir, dtype="float32")
+    model, _, _ = deepseek_format.load_parts(model_dir, dtype="float32")
     assert model.config.text_config._attn_implementation != "flash_attention_2"
     assert model.lm_head.weight.dtype == torch.float32
     with torch.no_grad():
@@ -402,7 +402,7 @@ def test_truncated_weight_file_is_reported(tmp_path, src, file):
     data = (model_dir / file).read_bytes()
     (model_dir / file).write_bytes(data[: len(data) // 2])  # an interrupted download
     with pytest.raises(ConversionError, match=file.replace(".", r"\.")):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 # --------------------------------------------------------------------------- (4) no pickled code
@@ -422,7 +422,7 @@ def test_bin_with_pickled_code_is_refused(tmp_path):
     state["gen_embed.weight"] = Exploit(marker)
     torch.save(state, model_dir / "pytorch_model.bin")
     with pytest.raises(ConversionError, match="weights_only"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
     assert not marker.exists()
 
 
@@ -432,7 +432,7 @@ def test_bin_with_non_tensor_entry_is_refused(tmp_path):
     state["step"] = 1000  # plain data passes weights_only, but it is not a weight
     torch.save(state, model_dir / "pytorch_model.bin")
     with pytest.raises(ConversionError, match="'step' is a int, not a tensor"):
-        original.load_parts(model_dir)
+        deepseek_format.load_parts(model_dir)
 
 
 # --------------------------------------------------------------------------- (5) convert and run
@@ -524,7 +524,7 @@ def test_converted_original_chats_and_draws(original_ir, tmp_path, monkeypatch):
     question = "What is in this picture?"
     answer = pipe.chat([{"role": "user", "content": question, "images": [image]}], max_new_tokens=12)
 
-    model, _, tokenizer_json = original.load_parts(TINY_BIN, dtype=torch.float32)
+    model, _, tokenizer_json = deepseek_format.load_parts(TINY_BIN, dtype=torch.float32)
     ref_ids = reference_greedy(model, tokenizer_json, question, image, steps=12)
     expected = Tokenizer.from_str(tokenizer_json).decode(ref_ids, skip_special_tokens=True)
     assert len(expected) > 0
