@@ -14,6 +14,8 @@ final weight type of each part.
 from __future__ import annotations
 
 import gc
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import parts
@@ -37,27 +39,29 @@ def convert_checkpoint(model_dir, output_dir, weights: str = "int4", progress=pr
     output_dir.mkdir(parents=True, exist_ok=True)
     progress(f"Loading checkpoint {model_dir}")
     ckpt = load_checkpoint(model_dir)
+    mapped_files = sorted(Path(model_dir).glob("*.safetensors"))  # what transformers memory-maps
     ckpt.info.save(output_dir)
     (output_dir / "tokenizer.json").write_text(ckpt.tokenizer_json, encoding="utf-8")
     model = ckpt.model
     del ckpt
     for i, name in enumerate(parts.PARTS):
         progress(f"Converting {name} ({weights})")
-        convert_part(model, name, output_dir, weights)
+        convert_part(model, name, output_dir, weights, mapped_files)
         release(model, name, remaining=parts.PARTS[i + 1:])  # its torch weights are no longer needed
     return output_dir
 
 
-def convert_part(model, name: str, output_dir: Path, weights: str) -> None:
+def convert_part(model, name: str, output_dir: Path, weights: str, mapped_files=()) -> None:
     import openvino as ov
 
     from .compress import compress
 
-    ov_model = trace_part(model, name)
-    ov_model = compress(ov_model, name, weights)
-    # OpenVINO's own fp16 compression handles the leftover f32 constants (norms, biases),
-    # keeping the ones fp16 cannot represent.
-    ov.save_model(ov_model, output_dir / f"{name}.xml", compress_to_fp16=weights != "fp32")
+    with _shedding(mapped_files):
+        ov_model = trace_part(model, name)
+        ov_model = compress(ov_model, name, weights)
+        # OpenVINO's own fp16 compression handles the leftover f32 constants (norms, biases),
+        # keeping the ones fp16 cannot represent.
+        ov.save_model(ov_model, output_dir / f"{name}.xml", compress_to_fp16=weights != "fp32")
     del ov_model
     gc.collect()
 
@@ -102,6 +106,33 @@ def _part_modules(model, name: str) -> list:
         "gen_head": [janus.generation_head],
         "vq_decoder": [janus.vqmodel],
     }[name]
+
+
+@contextmanager
+def _shedding(files, every_s: float = 0.5):
+    """While a part is traced, compressed and saved, keep dropping the pages of the memory-mapped
+    checkpoint files that have been read (transformers maps safetensors copy-on-write; conversion
+    never writes to a weight). Compression reads each weight once and writes a smaller copy, so
+    without this the part's whole stored size (13 GB of bf16 for Janus-Pro-7B's language model)
+    sits in RSS beside the compressed result; with it, only what was read in the last `every_s`.
+    A page read again is faulted back in from the page cache or the file."""
+    from .memory import drop_file_pages
+
+    done = threading.Event()
+
+    def shed():
+        while not done.wait(every_s):
+            drop_file_pages(files)
+
+    thread = threading.Thread(target=shed, name="janus-ov-convert-shed", daemon=True)
+    if files:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if files:
+            thread.join()
 
 
 def release(model, name: str, remaining=()) -> None:

@@ -47,6 +47,29 @@ def drop_mapped_pages(dirs) -> int:
     return sum(end - start for start, end in _read_only_file_ranges(roots) if dontneed(start, end))
 
 
+def drop_file_pages(files) -> int:
+    """Drop this process's pages of private mappings of exactly these files, copy-on-write ones
+    included, as long as no page of the mapping was written (smaps counts no Anonymous page in it: a
+    written copy-on-write page becomes one): every page is then still the file's and is faulted
+    back in from it when read again. Returns bytes advised."""
+    wanted = {str(Path(f).resolve()) for f in files}
+    if not sys.platform.startswith("linux") or not wanted:
+        return 0
+    clean, current = [], None
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=5)
+            if head and "-" in head[0] and ":" not in head[0]:
+                current = None
+                if len(head) == 6 and head[5].strip() in wanted and "s" not in head[1]:  # never a shared mapping
+                    current = [int(x, 16) for x in head[0].split("-")]
+                    clean.append(current)
+            elif current is not None and line.startswith("Anonymous:") and int(line.split()[1]) > 0:
+                clean.remove(current)  # something wrote to it: dropping would undo that
+                current = None
+    return sum(end - start for start, end in clean if dontneed(start, end))
+
+
 def _read_only_file_ranges(roots: list[str]):
     """(start, end) of mappings in /proc/self/maps that are read-only and map a file below a root."""
     with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:

@@ -53,3 +53,25 @@ def test_pipeline_warms_up_in_the_background_and_returns_the_mapped_weights(tiny
     assert warm.runtime.wait_warm(timeout=300)
     assert mapped_rss([tiny_ir_fp32, tmp_path]) < 0.1 * weights
     assert warm.chat(messages, max_new_tokens=12) == first
+
+
+def test_checkpoint_pages_are_dropped_only_while_unwritten(tmp_path):
+    """drop_file_pages is what conversion sheds its copy-on-write safetensors mapping with: clean
+    pages go (and read back the same), a mapping someone wrote to is left whole."""
+    from janus_ov.memory import drop_file_pages
+
+    data = np.random.default_rng(1).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path = tmp_path / "model.safetensors"
+    data.tofile(path)
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE) as view:  # as transformers maps it
+        mapped = np.frombuffer(view, np.uint8)
+        assert int(mapped.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))
+        assert mapped_rss([tmp_path]) >= 7 << 20
+        assert drop_mapped_pages([tmp_path]) == 0  # the general helper never touches a writable mapping
+        assert drop_file_pages([path]) >= 8 << 20
+        assert mapped_rss([tmp_path]) < 1 << 20
+        assert np.array_equal(mapped, data)
+        view[:4] = b"edit"  # now one page is a private copy: dropping would undo the write
+        assert drop_file_pages([path]) == 0
+        assert view[:4] == b"edit"
+        del mapped
