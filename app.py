@@ -182,11 +182,21 @@ def _text_and_images(message: dict) -> tuple[str, list[str]]:
     return "\n".join(t for t in texts if t), images
 
 
+FAILED_TITLE = "Could not answer"  # an assistant message that reports an error, not a model answer
+
+
+def _failed(message: dict) -> bool:
+    return message.get("role") == "assistant" and (message.get("metadata") or {}).get("title") == FAILED_TITLE
+
+
 def to_janus_messages(history: list[dict]) -> list[dict]:
-    """Chatbot history -> janus_ov messages; consecutive messages of one role become one turn."""
+    """Chatbot history -> janus_ov messages; consecutive messages of one role become one turn. A question
+    that could not be answered (and the message saying so) is left out: the model never saw it."""
     messages = []
-    for message in history:
-        if message["role"] not in ("user", "assistant"):
+    for i, message in enumerate(history):
+        if message["role"] not in ("user", "assistant") or _failed(message):
+            continue
+        if message["role"] == "user" and any(_failed(m) for m in history[i + 1:i + 2]):
             continue
         text, images = _text_and_images(message)
         if messages and messages[-1]["role"] == message["role"]:
@@ -211,26 +221,55 @@ def _split_last_user_turn(history: list[dict]) -> tuple[list[dict], list[dict]]:
 # Event handlers
 
 
-class StopFlags:
-    """One stop flag per browser session for one kind of run. A fresh flag is armed before each
-    run is queued, so a Stop pressed while the run still waits in the queue counts too."""
+class _Run:
+    """One asked-for run of a session: its stop flag, and whether a request has taken it / it is over."""
 
     def __init__(self):
-        self.flags: dict[str, threading.Event] = {}
+        self.stop, self.started, self.over = threading.Event(), False, False
 
-    def arm(self, request: gr.Request):
-        self.flags[request.session_hash] = threading.Event()
+
+class StopFlags:
+    """One run at a time per browser session for one kind of work. The run's stop flag is armed when
+    the run is asked for (so a Stop pressed while it still waits in the queue counts too); asking
+    again while it is queued or going keeps that run, so Stop always reaches the run the person
+    sees, and the extra request finds the run taken and does nothing."""
+
+    def __init__(self):
+        self.runs: dict[str, _Run] = {}
+        self.lock = threading.Lock()
+
+    def arm(self, request: gr.Request) -> bool:
+        """Ask for a run; False if the session's last one is still queued or going (it is kept)."""
+        with self.lock:
+            run = self.runs.get(request.session_hash)
+            if run is None or run.over:
+                self.runs[request.session_hash] = _Run()
+                return True
+            return False
 
     def stop(self, request: gr.Request):
-        if flag := self.flags.get(request.session_hash):
-            flag.set()
+        if run := self.runs.get(request.session_hash):
+            run.stop.set()
 
-    def current(self, request: gr.Request) -> threading.Event:
-        return self.flags.get(request.session_hash) or threading.Event()
+    @contextmanager
+    def run(self, request: gr.Request):
+        """The stop flag of the session's run, or None if another request of the session has taken it."""
+        with self.lock:
+            run = self.runs.get(request.session_hash)
+            mine = run is not None and not run.started and not run.over
+            if mine:
+                run.started = True
+        try:
+            yield run.stop if mine else None
+        finally:
+            if mine:
+                run.over = True
 
     def forget(self, session: str):
-        if flag := self.flags.pop(session, None):
-            flag.set()
+        with self.lock:
+            run = self.runs.pop(session, None)
+        if run:
+            run.stop.set()
 
 
 class Studio:
@@ -290,25 +329,46 @@ class Studio:
                 self.pipe.prepare_images([path])  # decoded once: the answer reuses these pixels
             except JanusError as e:  # name the upload as the user knows it, not by its server path
                 raise user_error(str(e).replace(path, Path(path).name)) from None
-        self.chat_stops.arm(request)
+        if not self.chat_stops.arm(request):
+            raise user_error("An answer is still being written: wait for it, or press Stop.")
         turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
         return history + [turn], gr.MultimodalTextbox(value=None, interactive=False)
 
     def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, request: gr.Request):
-        stop = self.chat_stops.current(request)
-        if stop.is_set() or not history:  # stopped while still queued
-            return
-        messages = to_janus_messages(history)
-        history = history + [{"role": "assistant", "content": ""}]
-        for answer in self._answer(messages, temperature, top_p, max_new_tokens, seed, stop, request):
-            history[-1]["content"] = answer
-            yield history, gr.skip()
-        yield history, self.footer(request)
+        """Outputs: chatbot, footer, message box. The box is enabled again however the turn ends
+        (done, stopped while queued, or an error: then the question stays for Retry / Undo)."""
+        enable = gr.MultimodalTextbox(interactive=True)
+        with self.chat_stops.run(request) as stop:
+            if stop is None:  # an answer of this session is still being written; it re-enables the box
+                return
+            if stop.is_set() or not history:  # stopped while still queued
+                yield gr.skip(), gr.skip(), enable
+                return
+            messages = to_janus_messages(history)
+            answering = history + [{"role": "assistant", "content": ""}]
+            try:
+                for answer in self._answer(messages, temperature, top_p, max_new_tokens, seed, stop, request):
+                    answering[-1]["content"] = answer
+                    yield answering, gr.skip(), gr.skip()
+            except Exception as error:
+                # Said in a toast and in the conversation, where Retry and Undo are. Not raised: Gradio
+                # would lay an error badge over the chat and its buttons.
+                reason = str(error.message if isinstance(error, gr.Error) else f"{type(error).__name__}: {error}")
+                gr.Warning(reason)
+                failed = {"role": "assistant", "content": reason, "metadata": {"title": FAILED_TITLE}}
+                yield (answering if answering[-1]["content"] else history) + [failed], gr.skip(), enable
+                return
+            yield answering, self.footer(request), enable
 
-    def retry(self, history: list, request: gr.Request):
+    def retry(self, history: list, temperature, seed, request: gr.Request):
+        """Answer the last question again: with a new seed when sampling (a greedy answer is the
+        same every time, as the temperature slider says)."""
+        if not self.chat_stops.arm(request):
+            raise user_error("An answer is still being written: wait for it, or press Stop.")
         before, turn = _split_last_user_turn(history)
-        self.chat_stops.arm(request)
-        return before + [m for m in turn if m["role"] == "user"], gr.MultimodalTextbox(interactive=False)
+        if temperature and temperature > 0:
+            seed = random.randint(0, MAX_SEED)
+        return before + [m for m in turn if m["role"] == "user"], gr.MultimodalTextbox(interactive=False), seed
 
     def undo(self, history: list):
         before, turn = _split_last_user_turn(history)
@@ -367,26 +427,42 @@ class Studio:
             finally:
                 events.close()
 
+    def arm_images(self, request: gr.Request):
+        """Generate was pressed: arm the stop flag and disable Generate until the run is over; refused
+        while this session's run is queued or going (Enter in the prompt box), so none piles up."""
+        if not self.image_stops.arm(request):
+            raise user_error("An image run is already going: wait for it, or press Stop.")
+        return gr.Button(interactive=False)
+
     def generate_ui(self, prompt, negative_prompt, seed, randomize_seed, cfg_weight, temperature, num_images, size,
                     request: gr.Request, progress=gr.Progress()):
-        """Outputs: preview, gallery, seed (the one used, so a result can be reproduced), footer."""
-        seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
-        stop = self.image_stops.current(request)
-        if stop.is_set():  # stopped while still queued
-            return
-        yield None, [], seed, gr.skip()  # a new run: the last run's results go
-        images = []
-        for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop,
-                                progress, request):
-            if isinstance(out, list):
-                images = out
+        """Outputs: preview, gallery, seed (the one used, so a result can be reproduced), footer, Generate.
+        Earlier results stay until new ones replace them; Generate is enabled again however the run ends."""
+        enable = gr.Button(interactive=True)
+        with self.image_stops.run(request) as stop:
+            if stop is None:  # cannot happen from the page (arm_images refuses); a replayed request
+                return
+            if stop.is_set():  # stopped while still queued
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), enable
+                return
+            images = []
+            try:
+                seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
+                for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size,
+                                        stop, progress, request):
+                    if isinstance(out, list):
+                        images = out
+                    else:
+                        yield out, gr.skip(), seed, gr.skip(), gr.skip()
+            except Exception as error:  # a toast; raised, Gradio would badge every output (the seed field too)
+                gr.Warning(str(error.message if isinstance(error, gr.Error) else f"{type(error).__name__}: {error}"))
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), enable
+                return
+            if not images:
+                gr.Info("Generation stopped; the earlier results are kept.")
+                yield gr.skip(), gr.skip(), seed, gr.skip(), enable
             else:
-                yield out, gr.skip(), seed, gr.skip()
-        if not images:
-            gr.Info("Generation stopped.")
-            yield None, [], seed, gr.skip()
-        else:
-            yield images[0], images, seed, self.footer(request)
+                yield images[0], images, seed, self.footer(request), enable
 
     def generate_api(self, prompt: str, negative_prompt: str | None = None, seed: int = 0, randomize_seed: bool = True,
                      cfg_weight: float = 5.0, temperature: float = 1.0, num_images: int = 2, size: int = 384,
@@ -437,11 +513,16 @@ def chat_tab(studio: Studio) -> dict:
         ui["stop"] = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=120, elem_id="chat-stop")
     with gr.Accordion("Parameters", open=False):
         with gr.Row():
-            ui["temperature"] = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            ui["temperature"] = gr.Slider(0.0, 2.0, value=0.0, step=0.05, elem_id="chat-temperature",
+                                          label="Temperature (0 = greedy: the same answer every time, Retry too; "
+                                                "above 0 Retry draws a new seed)")
             ui["top_p"] = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-            ui["max_new_tokens"] = gr.Slider(1, 2048, value=512, step=1, label="Max new tokens",
+            # The prompt needs room too: a top equal to the context window would always fail.
+            longest = min(2048, studio.pipe.info.max_position_embeddings // 2)
+            ui["max_new_tokens"] = gr.Slider(1, longest, value=min(512, longest), step=1, label="Max new tokens",
                                             elem_id="chat-max-new-tokens")
-            ui["seed"] = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+            ui["seed"] = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                   elem_id="chat-seed")
     gr.Examples([[e] for e in CHAT_EXAMPLES], inputs=[ui["message"]], label="Examples")
     # API-only inputs/outputs: plain types for gradio_client (see README).
     with gr.Group(visible=False):
@@ -458,14 +539,16 @@ def wire_chat(studio: Studio, ui: dict, footer):
     private = {"api_visibility": "private"}
 
     def answer(event):
-        bot = event.success(studio.bot_turn, [ui["chatbot"]] + params, [ui["chatbot"], footer],
-                            concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", **private)
-        bot.then(lambda: gr.MultimodalTextbox(interactive=True), None, ui["message"], queue=False, **private)
-        return bot
+        return event.success(studio.bot_turn, [ui["chatbot"]] + params, [ui["chatbot"], footer, ui["message"]],
+                             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", **private)
 
+    # Queued, so that a refused upload's message reaches the page (an unqueued gr.Error is a bare
+    # HTTP 500), and one at a time: decoding a large upload takes memory, several at once more.
     answer(ui["message"].submit(studio.add_user_turn, [ui["message"], ui["chatbot"]], [ui["chatbot"], ui["message"]],
-                               queue=False, **private))
-    answer(ui["chatbot"].retry(studio.retry, ui["chatbot"], [ui["chatbot"], ui["message"]], queue=False, **private))
+                                concurrency_limit=1, concurrency_id="uploads", **private))
+    answer(ui["chatbot"].retry(studio.retry, [ui["chatbot"], ui["temperature"], ui["seed"]],
+                               [ui["chatbot"], ui["message"], ui["seed"]], concurrency_limit=None,
+                               concurrency_id="arm", **private))
     ui["chatbot"].undo(studio.undo, ui["chatbot"], [ui["chatbot"], ui["message"]], queue=False, **private)
     ui["chatbot"].clear(lambda: [], None, ui["chatbot"], queue=False, **private)
     ui["stop"].click(studio.chat_stops.stop, None, None, queue=False, **private)
@@ -479,8 +562,8 @@ def images_tab(studio: Studio) -> dict:
     max_images = studio.args.max_images
     with gr.Row():
         with gr.Column(scale=2):
-            ui["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt",
-                                     placeholder="Describe the image you want…")
+            ui["prompt"] = gr.Textbox(label="Prompt (Enter generates)", lines=1, max_lines=4, elem_id="t2i-prompt",
+                                      placeholder="Describe the image you want…")
             ui["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1,
                                               placeholder="What to avoid (optional)")
             with gr.Row():
@@ -508,10 +591,13 @@ def images_tab(studio: Studio) -> dict:
 def wire_images(studio: Studio, ui: dict, footer):
     inputs = [ui["prompt"], ui["negative_prompt"], ui["seed"], ui["randomize_seed"], ui["cfg_weight"], ui["temperature"],
               ui["num_images"], ui["size"]]
-    start = gr.on([ui["generate"].click, ui["prompt"].submit], studio.image_stops.arm, None, None, queue=False,
-                  api_visibility="private")
-    start.success(studio.generate_ui, inputs, [ui["preview"], ui["gallery"], ui["seed"], footer],
-                  concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images", api_visibility="private")
+    # Queued (its own group, never waiting behind a run) so that a refusal reaches the page as a message.
+    start = gr.on([ui["generate"].click, ui["prompt"].submit], studio.arm_images, None, ui["generate"],
+                  concurrency_limit=None, concurrency_id="arm", api_visibility="private")
+    # One progress bar, on the gallery the results will fill: the preview panel stays visible as the image forms.
+    start.success(studio.generate_ui, inputs, [ui["preview"], ui["gallery"], ui["seed"], footer, ui["generate"]],
+                  concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images", api_visibility="private",
+                  show_progress_on=ui["gallery"])
     ui["stop"].click(studio.image_stops.stop, None, None, queue=False, api_visibility="private")
     ui["api_trigger"].click(studio.generate_api, inputs, [ui["gallery"], ui["seed"]], api_name="generate_images",
                            concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images")

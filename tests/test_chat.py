@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,25 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     logits = np.log(np.array([0.1, 0.2, 0.3, 0.4], np.float32))
     counts = np.bincount([sampler(logits) for _ in range(20000)], minlength=4) / 20000
     np.testing.assert_allclose(counts, [0.1, 0.2, 0.3, 0.4], atol=0.015)
+
+
+def test_each_image_is_decoded_once_per_conversation(pipe, tmp_path, monkeypatch):
+    """A follow-up turn carries the earlier turns' images again; their files are not decoded again
+    (the pixel cache knows them by path, size and time), and an edited file is."""
+    import janus_ov.images as images
+
+    decoded = []
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda src, *a, **k: (decoded.append(src), real(src, *a, **k))[1])
+    path = tmp_path / "photo.png"
+    _image(11).save(path)
+    first = [{"role": "user", "content": "What is this?", "images": [str(path)]}]
+    answer = pipe.chat(first, max_new_tokens=4)
+    follow_up = first + [{"role": "assistant", "content": answer or "A picture."},
+                         {"role": "user", "content": "And the colours?"}]
+    pipe.chat(follow_up, max_new_tokens=4)
+    assert decoded == [str(path)]  # once for both turns
+    _image(12).save(path)  # the file changes: its pixels are read again
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    pipe.chat(follow_up, max_new_tokens=4)
+    assert decoded == [str(path)] * 2

@@ -1,0 +1,34 @@
+"""Decode speed and peak memory of a converted model, in one fresh process: for A/B runs of two
+commits' code on the same IR (run it from each checkout, alternating).
+
+    PYTHONPATH=. python -m benchmarks.quick_decode --ir DIR [--tokens 96] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quick_decode", description=__doc__.splitlines()[0])
+    parser.add_argument("--ir", required=True, help="a converted model folder (cache entry or export)")
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    from janus_ov.pipeline import JanusPipeline
+
+    pipe = JanusPipeline.from_converted(args.ir)
+    pipe.runtime.wait_warm()
+    ready = time.time() - t0
+    messages = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper. " * 8}]
+    rates = [pipe.chat(messages, max_new_tokens=args.tokens).stats["decode_tokens_per_s"] for _ in range(args.repeats)]
+    with open("/proc/self/status", encoding="utf-8") as status:
+        hwm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    print(json.dumps({"ready_warm_s": ready, "decode_tokens_per_s": rates, "peak_rss_gib": hwm_kib / 2**20}))
+
+
+if __name__ == "__main__":
+    main()
