@@ -157,6 +157,11 @@ def user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def _reason(error: Exception) -> str:
+    """What a person reads about a failure: a gr.Error's own message, else the exception's."""
+    return str(error.message if isinstance(error, gr.Error) else f"{type(error).__name__}: {error}")
+
+
 @contextmanager
 def readable_errors():
     """janus_ov's errors are written for users: show them as they are, keep the server going."""
@@ -353,7 +358,7 @@ class Studio:
             except Exception as error:
                 # Said in a toast and in the conversation, where Retry and Undo are. Not raised: Gradio
                 # would lay an error badge over the chat and its buttons.
-                reason = str(error.message if isinstance(error, gr.Error) else f"{type(error).__name__}: {error}")
+                reason = _reason(error)
                 gr.Warning(reason)
                 failed = {"role": "assistant", "content": reason, "metadata": {"title": FAILED_TITLE}}
                 yield (answering if answering[-1]["content"] else history) + [failed], gr.skip(), enable
@@ -455,7 +460,7 @@ class Studio:
                     else:
                         yield out, gr.skip(), seed, gr.skip(), gr.skip()
             except Exception as error:  # a toast; raised, Gradio would badge every output (the seed field too)
-                gr.Warning(str(error.message if isinstance(error, gr.Error) else f"{type(error).__name__}: {error}"))
+                gr.Warning(_reason(error))
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), enable
                 return
             if not images:

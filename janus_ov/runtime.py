@@ -212,14 +212,14 @@ class Runtime:
         dirs = [self.model_dir, self.config.get("CACHE_DIR")]
         while not loading.wait(every_s):
             drop_mapped_pages(dirs)
-        drop_mapped_pages(dirs)
+        drop_mapped_pages(dirs)  # once more when the warm-up is over: nothing mapped stays resident
 
     def _warm_up(self, loading: threading.Event) -> None:
         t0 = time.perf_counter()
         try:
             ctx = self._take()
             try:
-                warm_up_parts(ctx, after_each=lambda: drop_mapped_pages([self.model_dir, self.config.get("CACHE_DIR")]))
+                warm_up_parts(ctx)  # the mapped pages it reads are dropped by _shed_mapped_pages as it goes
             finally:
                 self._give(ctx)
         except Exception as err:  # noqa: BLE001 - a real request will meet (and report) the same problem
