@@ -12,11 +12,15 @@ running the model all live in janus_ov/.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import random
+import shutil
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,7 +62,30 @@ PROMPT_EXAMPLES = [
 TINY_NOTICE = ("**Tiny demo.** This is a tiny model with *random weights*, built offline for testing: "
                "its answers and images are noise, not real model output. "
                "Run with `--model deepseek-ai/Janus-Pro-1B` for the real thing.")
-CSS = "#footer {font-size: 0.85em; opacity: 0.8} #notice {border-left: 4px solid #f59e0b; padding-left: 8px}"
+DOWNLOADS_KEPT_S = 600  # a run's named PNGs wait this long for Gradio to copy them into its cache
+# Text to image on a grid: prompt and Generate, then results, then settings on a phone (so that
+# tapping Generate shows what happens); on a wide screen the results sit beside the other two.
+CSS = """#footer {font-size: 0.85em; opacity: 0.8} #notice {border-left: 4px solid #f59e0b; padding-left: 8px}
+#t2i-layout {display: grid !important; grid-template-columns: 2fr 3fr; align-items: start;
+             grid-template-areas: "controls results" "settings results"}
+#t2i-buttons {flex-wrap: nowrap !important}
+#t2i-controls {grid-area: controls} #t2i-results {grid-area: results} #t2i-settings {grid-area: settings}
+@media (max-width: 768px) {
+  #t2i-layout {grid-template-columns: 1fr; grid-template-areas: "controls" "results" "settings"}
+}"""
+# Focus the chat box on a wide screen only: on a phone, focusing scrolls the title away and opens the keyboard.
+# On a phone the results are below the fold: pressing Generate brings them into view.
+SHOW_RESULTS_JS = """() => { if (window.innerWidth <= 768)
+  document.querySelector('#t2i-results')?.scrollIntoView({behavior: 'smooth', block: 'start'}); return []; }"""
+FOCUS_JS = """() => { if (window.innerWidth > 768)
+  document.querySelector('#chat-input textarea')?.focus({preventScroll: true}); }"""
+CHAT_TEMPERATURE_INFO = ("0 = greedy: the most likely word each time, the same answer every time (Retry too). "
+                         "Above 0 the answer is sampled, more varied as it grows, and Retry draws a new seed.")
+TOP_P_INFO = "When sampling, only the most likely words whose probabilities add up to this are drawn from."
+CFG_INFO = ("How strongly the image follows the prompt (and avoids the negative prompt): "
+            "higher is more literal, lower more varied. 5 is a good start.")
+IMAGE_TEMPERATURE_INFO = "Randomness of each of the 576 image tokens: lower is plainer and smoother, higher wilder."
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +239,11 @@ def to_janus_messages(history: list[dict]) -> list[dict]:
     return messages
 
 
+def _answering_box(**update) -> gr.MultimodalTextbox:
+    """The chat input while an answer is written: closed for typing, its stop button in place of send."""
+    return gr.MultimodalTextbox(interactive=False, submit_btn=False, stop_btn=True, **update)
+
+
 def _split_last_user_turn(history: list[dict]) -> tuple[list[dict], list[dict]]:
     """(history before the last user turn, that turn and any answer after it)."""
     i = len(history)
@@ -284,6 +316,8 @@ class Studio:
         self.pipe, self.args = pipe, args
         self.chat_stops, self.image_stops = StopFlags(), StopFlags()
         self.speed: dict[str, dict] = {}  # per browser session: its own last run of each kind, for its footer
+        self.downloads = Path(tempfile.mkdtemp(prefix="janus-studio-"))  # see _downloads
+        atexit.register(shutil.rmtree, self.downloads, True)
 
     def forget(self, request: gr.Request):
         """The page was closed: stop whatever still runs for it."""
@@ -337,12 +371,12 @@ class Studio:
         if not self.chat_stops.arm(request):
             raise user_error("An answer is still being written: wait for it, or press Stop.")
         turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
-        return history + [turn], gr.MultimodalTextbox(value=None, interactive=False)
+        return history + [turn], _answering_box(value=None)
 
     def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, request: gr.Request):
         """Outputs: chatbot, footer, message box. The box is enabled again however the turn ends
         (done, stopped while queued, or an error: then the question stays for Retry / Undo)."""
-        enable = gr.MultimodalTextbox(interactive=True)
+        enable = gr.MultimodalTextbox(interactive=True, submit_btn=True, stop_btn=False)
         with self.chat_stops.run(request) as stop:
             if stop is None:  # an answer of this session is still being written; it re-enables the box
                 return
@@ -373,7 +407,22 @@ class Studio:
         before, turn = _split_last_user_turn(history)
         if temperature and temperature > 0:
             seed = random.randint(0, MAX_SEED)
-        return before + [m for m in turn if m["role"] == "user"], gr.MultimodalTextbox(interactive=False), seed
+        return before + [m for m in turn if m["role"] == "user"], _answering_box(), seed
+
+    @staticmethod
+    def attach(capture: str | None, message: dict | None):
+        """A webcam photo or a pasted image joins the files of the message being written."""
+        message = message or {}
+        if not capture:
+            return gr.skip(), gr.skip()
+        return {"text": message.get("text", ""), "files": list(message.get("files", [])) + [capture]}, None
+
+    @staticmethod
+    def example(event: gr.SelectData):
+        """A chat example was clicked: it fills the input, to be sent as it is or edited."""
+        value = event.value or {}
+        files = [f if isinstance(f, str) else f.get("path") for f in value.get("files", [])]
+        return {"text": value.get("text", ""), "files": files}
 
     def undo(self, history: list):
         before, turn = _split_last_user_turn(history)
@@ -421,7 +470,7 @@ class Studio:
                 for event in events:
                     if isinstance(event, ImageResult):
                         self._record(request, event.stats)
-                        yield upscale(event.images, size)
+                        yield self._downloads(event, size)
                     elif event.stage == "decoding":
                         progress((event.step, event.total), desc=f"Decoding image {event.step} of {event.total}",
                                  unit="images")
@@ -431,6 +480,16 @@ class Studio:
                             yield event.preview
             finally:
                 events.close()
+
+    def _downloads(self, result: ImageResult, size: int) -> list[Path]:
+        """The result's images at `size` as PNG files named from prompt and seed, carrying their
+        settings (what a download then gets). Each run writes its own folder, so two visitors with
+        the same prompt and seed never share files; folders older than DOWNLOADS_KEPT_S go, by then
+        Gradio has long copied them into its own cache."""
+        for old in self.downloads.iterdir():
+            if time.time() - old.stat().st_mtime > DOWNLOADS_KEPT_S:
+                shutil.rmtree(old, ignore_errors=True)
+        return result.save(self.downloads / uuid.uuid4().hex, upscale(result.images, size))
 
     def arm_images(self, request: gr.Request):
         """Generate was pressed: arm the stop flag and disable Generate until the run is over; refused
@@ -509,26 +568,27 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
 def chat_tab(studio: Studio) -> dict:
     ui = {}
+    # The examples sit in the empty conversation, where a newcomer looks first.
     ui["chatbot"] = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy", "copy_all"],
-                              placeholder="Attach one or more images (📎) and ask about them, or just chat.")
+                              placeholder="Attach one or more images (📎, or paste one) and ask about them, or just chat.",
+                              examples=CHAT_EXAMPLES)
     ui["message"] = gr.MultimodalTextbox(placeholder="Ask about the attached images…", file_count="multiple",
-                                        file_types=["image"], show_label=False, autofocus=True,
-                                        elem_id="chat-input", sources=["upload"])
-    with gr.Row():
-        ui["stop"] = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=120, elem_id="chat-stop")
+                                        file_types=["image"], show_label=False, elem_id="chat-input",
+                                        sources=["upload"])
+    with gr.Accordion("Camera or clipboard", open=False, elem_id="chat-capture-panel"):
+        ui["capture"] = gr.Image(sources=["webcam", "clipboard"], type="filepath", elem_id="chat-capture",
+                                 label="Take a photo or paste an image: it is attached to your message")
     with gr.Accordion("Parameters", open=False):
         with gr.Row():
             ui["temperature"] = gr.Slider(0.0, 2.0, value=0.0, step=0.05, elem_id="chat-temperature",
-                                          label="Temperature (0 = greedy: the same answer every time, Retry too; "
-                                                "above 0 Retry draws a new seed)")
-            ui["top_p"] = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+                                          label="Temperature", info=CHAT_TEMPERATURE_INFO)
+            ui["top_p"] = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", info=TOP_P_INFO)
             # The prompt needs room too: a top equal to the context window would always fail.
             longest = min(2048, studio.pipe.info.max_position_embeddings // 2)
             ui["max_new_tokens"] = gr.Slider(1, longest, value=min(512, longest), step=1, label="Max new tokens",
                                             elem_id="chat-max-new-tokens")
             ui["seed"] = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                    elem_id="chat-seed")
-    gr.Examples([[e] for e in CHAT_EXAMPLES], inputs=[ui["message"]], label="Examples")
     # API-only inputs/outputs: plain types for gradio_client (see README).
     with gr.Group(visible=False):
         ui["api_message"] = gr.Textbox(label="message")
@@ -556,7 +616,10 @@ def wire_chat(studio: Studio, ui: dict, footer):
                                concurrency_id="arm", **private))
     ui["chatbot"].undo(studio.undo, ui["chatbot"], [ui["chatbot"], ui["message"]], queue=False, **private)
     ui["chatbot"].clear(lambda: [], None, ui["chatbot"], queue=False, **private)
-    ui["stop"].click(studio.chat_stops.stop, None, None, queue=False, **private)
+    ui["message"].stop(studio.chat_stops.stop, None, None, queue=False, **private)
+    ui["capture"].input(studio.attach, [ui["capture"], ui["message"]], [ui["message"], ui["capture"]], queue=False,
+                        **private)
+    ui["chatbot"].example_select(studio.example, None, ui["message"], queue=False, **private)
     ui["api_trigger"].click(studio.chat_api, [ui["api_message"], ui["api_images"], ui["api_history"]] + params,
                            ui["api_answer"], api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
                            concurrency_id="chat")
@@ -565,32 +628,45 @@ def wire_chat(studio: Studio, ui: dict, footer):
 def images_tab(studio: Studio) -> dict:
     ui = {}
     max_images = studio.args.max_images
-    with gr.Row():
-        with gr.Column(scale=2):
+    with gr.Row(elem_id="t2i-layout"):  # a grid, see CSS
+        with gr.Column(elem_id="t2i-controls"):
             ui["prompt"] = gr.Textbox(label="Prompt (Enter generates)", lines=1, max_lines=4, elem_id="t2i-prompt",
                                       placeholder="Describe the image you want…")
             ui["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1,
                                               placeholder="What to avoid (optional)")
-            with gr.Row():
+            with gr.Row(elem_id="t2i-buttons"):
                 ui["generate"] = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
                 ui["stop"] = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
-            with gr.Accordion("Parameters", open=True):
-                with gr.Row():
-                    ui["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                    ui["randomize_seed"] = gr.Checkbox(value=True, label="Randomize seed")
-                ui["cfg_weight"] = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG weight")
-                ui["temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                ui["num_images"] = gr.Slider(1, max_images, value=min(2, max_images), step=1,
-                                            label="Number of images", elem_id="t2i-num-images")
-                ui["size"] = gr.Radio(UPSCALE_CHOICES, value=384, label="Output size (LANCZOS upscale)")
-            gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[ui["prompt"]], label="Prompt examples")
-        with gr.Column(scale=3):
+            gr.Markdown(run_time_note(studio), elem_id="t2i-run-time")
+        with gr.Column(elem_id="t2i-results"):
             ui["preview"] = gr.Image(label="Preview (forming image)", type="pil", height=256, interactive=False,
                                     elem_id="t2i-preview", buttons=[])
             ui["gallery"] = gr.Gallery(label="Results", columns=2, format="png", elem_id="t2i-gallery",
                                       buttons=["download", "download_all", "fullscreen"], interactive=False)
+        with gr.Column(elem_id="t2i-settings"):
+            gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[ui["prompt"]], label="Prompt examples")
+            with gr.Accordion("Parameters", open=True):
+                with gr.Row():
+                    ui["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                    ui["randomize_seed"] = gr.Checkbox(value=True, label="Randomize seed")
+                ui["cfg_weight"] = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG weight", info=CFG_INFO)
+                ui["temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
+                                              info=IMAGE_TEMPERATURE_INFO)
+                ui["num_images"] = gr.Slider(1, max_images, value=min(2, max_images), step=1,
+                                            label="Number of images", elem_id="t2i-num-images")
+                ui["size"] = gr.Radio(UPSCALE_CHOICES, value=384, label="Output size (LANCZOS upscale)")
     ui["api_trigger"] = gr.Button("generate_images", visible=False)
     return ui
+
+
+def run_time_note(studio: Studio) -> str:
+    """How long a person will wait, before they press Generate (figures: benchmarks/results/)."""
+    if studio.args.tiny_demo:
+        return "The tiny demo model makes an image in a few seconds."
+    big = "7b" in studio.args.model.lower()
+    return ("An image is 576 tokens, made one by one: on a 2-core CPU about "
+            + ("2–2½ minutes" if big else "1 minute") + " for one image. Several are made together, "
+            "so 4 images take far less than 4 times as long. The live preview shows the rows made so far.")
 
 
 def wire_images(studio: Studio, ui: dict, footer):
@@ -598,7 +674,7 @@ def wire_images(studio: Studio, ui: dict, footer):
               ui["num_images"], ui["size"]]
     # Queued (its own group, never waiting behind a run) so that a refusal reaches the page as a message.
     start = gr.on([ui["generate"].click, ui["prompt"].submit], studio.arm_images, None, ui["generate"],
-                  concurrency_limit=None, concurrency_id="arm", api_visibility="private")
+                  concurrency_limit=None, concurrency_id="arm", api_visibility="private", js=SHOW_RESULTS_JS)
     # One progress bar, on the gallery the results will fill: the preview panel stays visible as the image forms.
     start.success(studio.generate_ui, inputs, [ui["preview"], ui["gallery"], ui["seed"], footer, ui["generate"]],
                   concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images", api_visibility="private",
@@ -625,7 +701,7 @@ def main(argv=None) -> int:
     started = time.strftime("%H:%M:%S")
     print(f"[{started}] Model ready; starting the web server.", flush=True)
     demo.launch(server_name=args.server_name, server_port=args.port, share=args.share, auth=args.auth,
-                max_file_size=args.max_file_size, show_error=True, css=CSS, theme=gr.themes.Soft())
+                max_file_size=args.max_file_size, show_error=True, css=CSS, js=FOCUS_JS, theme=gr.themes.Soft())
     return 0
 
 

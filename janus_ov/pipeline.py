@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,9 @@ class JanusPipeline:
             self.tokenizer.info = dataclasses.replace(self.tokenizer.info, prompt_style=check_prompt_style(prompt_style))
         self.info = self.tokenizer.info
         self.device = device
-        self.weights = weights or _manifest_weights(self.model_dir)
+        manifest = _manifest(self.model_dir)
+        self.weights = weights or str(manifest.get("weights", "unknown"))
+        self.source = _model_name(str(manifest.get("source", self.model_dir)))  # what it was converted from
         if self.weights == "fp32":  # asked for full precision: no bf16 arithmetic on CPUs that have it
             ov_config = {"INFERENCE_PRECISION_HINT": "f32", **(ov_config or {})}
         self.runtime = Runtime(self.model_dir, device, ov_config, compile_cache_dir, max_concurrency)
@@ -149,7 +152,10 @@ class JanusPipeline:
                                check_number("temperature", temperature, 0.0, MAX_TEMPERATURE), check_seed(seed))
         preview_every = check_int("preview_every", preview_every, 0, info.num_image_tokens)
         cond_ids, uncond_ids = self._image_inputs(prompt, negative_prompt)
-        return self._image_events(cond_ids, uncond_ids, num_images, cfg_weight, sampler, stop_event, preview_every)
+        params = {"prompt": prompt, "negative_prompt": negative_prompt or "", "seed": sampler.seed,
+                  "cfg_weight": cfg_weight, "temperature": sampler.temperature, "model": self.source}
+        return self._image_events(cond_ids, uncond_ids, num_images, cfg_weight, sampler, stop_event, preview_every,
+                                  params)
 
     def generate_images(self, prompt: str, negative_prompt: str | None = None, num_images: int = 1,
                         cfg_weight: float = 5.0, temperature: float = 1.0, seed: int | None = None,
@@ -171,7 +177,7 @@ class JanusPipeline:
                 callback(event.step, event.total, event.preview)
         raise RuntimeError("the image stream ended without a result")  # cannot happen: _image_events ends with one
 
-    def _image_events(self, cond_ids, uncond_ids, num_images, cfg_weight, sampler, stop_event, preview_every):
+    def _image_events(self, cond_ids, uncond_ids, num_images, cfg_weight, sampler, stop_event, preview_every, params):
         info = self.info
         stats = {"task": "image", "seed": sampler.seed, "num_images": num_images}
         t0 = time.perf_counter()
@@ -179,19 +185,19 @@ class JanusPipeline:
             tokens = yield from t2i.generate_image_tokens(ctx, info, cond_ids, uncond_ids, num_images, cfg_weight,
                                                           sampler, stats, stop_event, preview_every)
             if tokens is None:
-                yield ImageResult([], stats, cancelled=True)
+                yield ImageResult([], stats, cancelled=True, params=params)
                 return
             t1, images = time.perf_counter(), []
             for i in range(num_images):
                 if stop_event is not None and stop_event.is_set():
                     stats["cancelled"] = True
-                    yield ImageResult([], stats, cancelled=True)
+                    yield ImageResult([], stats, cancelled=True, params=params)
                     return
                 images += to_pil(t2i.decode_images(ctx, tokens[i:i + 1]), info)
                 yield ImageProgress(i + 1, num_images, stage="decoding")
             stats["vq_decode_s"] = time.perf_counter() - t1
         stats["total_s"] = time.perf_counter() - t0
-        yield ImageResult(images, stats)
+        yield ImageResult(images, stats, params=params)
 
     def _image_inputs(self, prompt: str, negative_prompt: str | None):
         """(conditional ids, unconditional ids), both i64 and ending in <begin_of_image>."""
@@ -208,8 +214,15 @@ class JanusPipeline:
         return cond_ids, uncond_ids
 
 
-def _manifest_weights(model_dir: Path) -> str:
+def _model_name(source: str) -> str:
+    """A Hub id as it is; a local checkpoint by its folder's name (its path is nobody else's business)."""
+    return source if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists() else Path(source).name
+
+
+def _manifest(model_dir: Path) -> dict:
+    """The conversion's manifest ({} for a directory without a readable one)."""
     try:
-        return str(json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))["weights"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unknown"
+        manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}

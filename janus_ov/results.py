@@ -6,8 +6,10 @@ results), never through shared state, so with several users at once nobody sees 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class ChatResult(str):
@@ -65,11 +67,13 @@ class ImageProgress:
 
 @dataclass
 class ImageResult:
-    """The images (PIL, 384x384; [] if cancelled), the request's stats, and whether it was cancelled.
-    Iterating, indexing and len() go to `images`."""
+    """The images (PIL, 384x384; [] if cancelled), the request's stats, whether it was cancelled,
+    and the `params` that made it (prompt, negative_prompt, seed, cfg_weight, temperature, model),
+    so that a saved image says how to make it again. Iterating, indexing and len() go to `images`."""
     images: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     cancelled: bool = False
+    params: dict = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.images)
@@ -79,6 +83,31 @@ class ImageResult:
 
     def __getitem__(self, index):
         return self.images[index]
+
+    def save(self, folder, images=None) -> list[Path]:
+        """Write `images` (default: this result's; e.g. upscaled copies of them) as PNGs into `folder`,
+        named from the prompt and seed ("red-fox-in-sunflowers-seed42-1.png"), with the params in
+        the PNG's text chunks. Returns the paths."""
+        from PIL.PngImagePlugin import PngInfo
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        metadata = PngInfo()
+        for key, value in self.params.items():
+            metadata.add_itxt(key, str(value))  # iTXt: UTF-8, any prompt survives
+        metadata.add_text("Software", "Janus Studio (janus_ov, OpenVINO)")
+        stem = f"{_slug(self.params.get('prompt', ''))}-seed{self.params.get('seed', 0)}"
+        paths = []
+        for i, image in enumerate(self.images if images is None else images, 1):
+            paths.append(folder / f"{stem}-{i}.png")
+            image.save(paths[-1], format="PNG", pnginfo=metadata)
+        return paths
+
+
+def _slug(text: str, words: int = 6, chars: int = 48) -> str:
+    """The first words of `text` as a file-name part: lower-case letters, digits and hyphens only."""
+    parts = re.findall(r"[a-z0-9]+", text.lower())[:words]
+    return "-".join(parts)[:chars].strip("-") or "image"
 
 
 def summary(stats: dict) -> str:

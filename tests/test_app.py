@@ -174,10 +174,13 @@ def test_chat_with_history_and_two_images(client, direct):
 # ------------------------------------------------------------------------------------ text to image
 
 
-def _open(item) -> Image.Image:
+def _path(item) -> str:
     path = item["image"] if isinstance(item, dict) else item
-    path = path["path"] if isinstance(path, dict) else path
-    return Image.open(path)
+    return path["path"] if isinstance(path, dict) else path
+
+
+def _open(item) -> Image.Image:
+    return Image.open(_path(item))
 
 
 def test_generate_returns_requested_images_at_native_size(client, direct):
@@ -195,6 +198,20 @@ def test_generate_returns_requested_images_at_native_size(client, direct):
 def test_generate_upscales(client, size):
     gallery, _ = generate(client, num_images=1, size=size)
     assert [_open(item).size for item in gallery] == [(size, size)]
+
+
+def test_generated_pngs_are_named_from_prompt_and_seed_and_carry_their_settings(client):
+    """A download says how to make it again: its name comes from prompt and seed, its PNG text
+    chunks hold every setting and the model."""
+    gallery, seed = generate(client, prompt="A Red fox, in the snow!", negative_prompt="blurry, dark", num_images=2,
+                             seed=1234, cfg_weight=4.5, temperature=0.9, size=768)
+    assert [Path(_path(item)).name for item in gallery] == ["a-red-fox-in-the-snow-seed1234-1.png",
+                                                              "a-red-fox-in-the-snow-seed1234-2.png"]
+    for item in gallery:
+        text = _open(item).text
+        assert text["prompt"] == "A Red fox, in the snow!" and text["negative_prompt"] == "blurry, dark"
+        assert (text["seed"], float(text["cfg_weight"]), float(text["temperature"])) == ("1234", 4.5, 0.9)
+        assert text["model"] == "tiny-demo-checkpoint" and "Janus Studio" in text["Software"]
 
 
 def test_randomized_seed_is_reported(client):

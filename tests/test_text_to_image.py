@@ -8,6 +8,7 @@ checked against transformers' own generate().
 """
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,6 +219,26 @@ def test_image_stream_reports_progress_decoding_and_its_own_result(pipe):
     same = pipe.generate_images("a red fox", num_images=2, seed=3)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(result.images, same.images))
     assert same.stats is not result.stats and len(same) == 2
+
+
+def test_a_result_saves_pngs_that_say_how_to_make_them_again(pipe, tmp_path):
+    """ImageResult.params are the request's settings; save() names files from prompt and seed and puts
+    the settings in the PNG's text; the saved pixels are the result's (or the given copies')."""
+    from PIL import Image
+
+    result = pipe.generate_images("Leuchtturm über der Klippe", negative_prompt="Nebel", num_images=2, seed=5,
+                                  cfg_weight=3.0, temperature=0.5)
+    assert result.params == {"prompt": "Leuchtturm über der Klippe", "negative_prompt": "Nebel", "seed": 5,
+                             "cfg_weight": 3.0, "temperature": 0.5, "model": pipe.source}
+    paths = result.save(tmp_path / "out")
+    assert [p.name for p in paths] == ["leuchtturm-ber-der-klippe-seed5-1.png", "leuchtturm-ber-der-klippe-seed5-2.png"]
+    for path, image in zip(paths, result):
+        saved = Image.open(path)
+        assert saved.text["prompt"] == "Leuchtturm über der Klippe" and saved.text["seed"] == "5"
+        assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(image.convert("RGB")))
+    small = [im.resize((64, 64)) for im in result]
+    assert Image.open(result.save(tmp_path / "small", small)[0]).size == (64, 64)
+    assert "/" not in pipe.source or not Path(pipe.source).is_absolute()  # no server path in a shared file
 
 
 def test_closing_the_image_stream_stops_the_run_and_frees_its_context(pipe):
