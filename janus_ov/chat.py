@@ -22,6 +22,7 @@ from .model_info import ModelInfo
 from .prefix_cache import KeyedPrompt
 from .runtime import Context
 from .sampling import TokenSampler
+from .scheduler import Job, Row
 
 
 def prompt_embeddings(ctx: Context, prompt: KeyedPrompt, pixel_values: np.ndarray | None,
@@ -79,5 +80,98 @@ def generate_tokens(ctx: Context, info: ModelInfo, prompt: KeyedPrompt, pixel_va
         next_id = sampler(ctx.lm_head(hidden[None])[0, 0])
     decode_s = time.perf_counter() - t1
     steps = max(stats["new_tokens"] - 1, 0)  # the first token came from the prefill
+    stats.update(decode_s=decode_s, decode_tokens_per_s=steps / decode_s if decode_s > 0 and steps else 0.0,
+                 total_s=time.perf_counter() - t0)
+
+
+class ChatJob(Job):
+    """A chat turn under the scheduler (scheduler.py): one row; the prompt is prefilled in chunks,
+    after the conversation's kept prefix if there is one, then one token per step."""
+
+    def __init__(self, prompt: KeyedPrompt, image_embeds: dict, sampler: TokenSampler, max_new_tokens: int,
+                 stop_ids, stop_event=None):
+        super().__init__(stop_event)
+        self.prompt, self.image_embeds, self.sampler = prompt, image_embeds, sampler
+        self.max_new_tokens, self.stop_ids = max_new_tokens, frozenset(stop_ids)
+        self.n_prompt = len(prompt.key)
+        self.ids = np.zeros(self.n_prompt + max_new_tokens, np.int64)  # keyed ids of what the row holds
+        self.ids[:self.n_prompt] = prompt.key
+        self.cached = self.new_tokens = 0
+        self.next_id = None  # sampled, to be fed at the next step
+
+    def key(self):
+        return self.ids[:max(self.n_prompt, self.rows[0].past if self.rows else 0)]
+
+    def blocks_needed(self, pool, shared: int) -> int:
+        return pool.blocks_for(self.n_prompt + self.max_new_tokens) - shared
+
+    def start(self, pool, prefix) -> None:
+        blocks = prefix[1] if prefix else []
+        pool.share(blocks)
+        self.rows = [Row(blocks, len(blocks) * pool.block_size)]
+        self.cached = self.rows[0].past
+
+    def prefill(self, budget: int, sched):
+        row, prompt = self.rows[0], self.prompt
+        if row.past >= self.n_prompt:
+            return []
+        a, b = row.past, min(self.n_prompt, row.past + budget)
+        embeds = np.array(sched.ctx.embed_text(prompt.input_ids[None, a:b])[0])
+        for i, slots in enumerate(prompt.slots):  # images in place of their placeholders
+            inside = (slots >= a) & (slots < b)
+            if inside.any():
+                embeds[slots[inside] - a] = self.image_embeds[prompt.image_prints[i]][inside]
+        return [(row, embeds)]
+
+    def decode_ids(self):
+        if self.next_id is None:
+            return None
+        self.ids[self.rows[0].past] = self.next_id
+        return "text", self.rows, np.array([self.next_id], np.int64)
+
+    def hidden(self, got, sched):
+        (row, hidden), = got
+        return hidden if row.past >= self.n_prompt else None  # a prefill chunk before the last gives nothing
+
+    def logits(self, logits: np.ndarray) -> None:
+        token, self.next_id = self.sampler(logits), None
+        if token in self.stop_ids:
+            self.finished = True
+            return
+        self.new_tokens += 1
+        self.emit(token)
+        if self.new_tokens == self.max_new_tokens:
+            self.finished = True
+        else:
+            self.next_id = token
+
+
+def scheduled_tokens(sched, info: ModelInfo, prompt: KeyedPrompt, pixel_values: np.ndarray | None,
+                     sampler: TokenSampler, max_new_tokens: int, stop_event=None, stats: dict | None = None
+                     ) -> Iterator[int]:
+    """generate_tokens through the scheduler: the same tokens, batched with everyone else's steps.
+    Closing the iterator frees the request's rows at the scheduler's next step."""
+    stats = {} if stats is None else stats
+    t0 = time.perf_counter()
+    embeds = sched.image_embeddings(prompt.image_prints, pixel_values) if prompt.image_prints else {}
+    job = sched.submit(ChatJob(prompt, embeds, sampler, max_new_tokens, (info.eos_id,), stop_event))
+    stats.update(prompt_tokens=len(prompt.key), cached_tokens=0, new_tokens=0, time_to_first_token_s=0.0)
+    t1 = None
+    try:
+        for token in job:
+            if t1 is None:
+                t1 = time.perf_counter()
+                stats.update(cached_tokens=job.cached, time_to_first_token_s=t1 - t0)
+            stats["new_tokens"] += 1
+            yield token
+            if stop_event is not None and stop_event.is_set():  # the scheduler may have run ahead of us
+                break
+    finally:
+        job.cancel()  # a no-op once it is over
+    if t1 is None:  # ended before its first token (EOS first, or stopped)
+        stats.update(cached_tokens=job.cached, time_to_first_token_s=time.perf_counter() - t0)
+        t1 = time.perf_counter()
+    decode_s = time.perf_counter() - t1
+    steps = max(stats["new_tokens"] - 1, 0)
     stats.update(decode_s=decode_s, decode_tokens_per_s=steps / decode_s if decode_s > 0 and steps else 0.0,
                  total_s=time.perf_counter() - t0)

@@ -15,3 +15,7 @@ class ConversionError(JanusError):
 
 class InvalidInputError(JanusError, ValueError):
     """A request (image, prompt, parameter) is not acceptable; the pipeline stays usable."""
+
+
+class ServerBusyError(JanusError):
+    """Every slot of the server's queue is taken; the same request may succeed a little later."""

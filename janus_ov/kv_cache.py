@@ -90,7 +90,7 @@ class PagedKVCache:
             dims = [blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
             tensor = ov.Tensor(element_type, dims)
             if keep_blocks:
-                _by_block(tensor, blocks)[:keep_blocks] = _by_block(self.request.get_tensor(name), self._blocks)[:keep_blocks]
+                by_block(tensor, blocks)[:keep_blocks] = by_block(self.request.get_tensor(name), self._blocks)[:keep_blocks]
             self.request.set_tensor(name, tensor)
         self._blocks = blocks
 
@@ -103,7 +103,7 @@ class PagedKVCache:
         used = -(-int(self.past[src]) // self.block_size)
         first = self._first_block
         for name, *_ in self._inputs:
-            blocks = _by_block(self.request.get_tensor(name), self._blocks)
+            blocks = by_block(self.request.get_tensor(name), self._blocks)
             for dst in dsts:
                 blocks[first[dst]:first[dst] + used] = blocks[first[src]:first[src] + used]
         self.past[dsts] = self.past[src]
@@ -130,7 +130,7 @@ class PagedKVCache:
         self.past += lengths.astype(np.int32)
 
 
-def _by_block(tensor: ov.Tensor, blocks: int) -> np.ndarray:
+def by_block(tensor: ov.Tensor, blocks: int) -> np.ndarray:
     """A cache tensor's bytes, one row per block (sub-byte types such as u4 come out of .data as
     packed bytes, so blocks are moved as bytes)."""
     return tensor.data.reshape(-1).view(np.uint8).reshape(blocks, -1)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import chat as chat_loop
@@ -28,6 +30,7 @@ from .prompts import check_prompt_style, fit_conversation, image_prompt, render
 from .results import ChatResult, ChatStream, ImageProgress, ImageResult
 from .runtime import Runtime
 from .sampling import ImageSampler, TokenSampler, check_int, check_number, check_seed
+from .scheduler import POOL_TOKENS, PREFILL_CHUNK, Scheduler
 from .tokenizer import JanusTokenizer
 
 MAX_IMAGES = 8  # per text-to-image request: 2 KV rows per image, memory grows with it
@@ -38,7 +41,13 @@ MAX_CFG = 20.0
 class JanusPipeline:
     def __init__(self, model_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
                  max_concurrency: int = 2, compile_cache_dir: str | Path | None = None, weights: str | None = None,
-                 prompt_style: str | None = None):
+                 prompt_style: str | None = None, batching: bool = True, kv_cache_tokens: int = POOL_TOKENS,
+                 prefill_chunk: int = PREFILL_CHUNK):
+        """batching: every request's steps go through one scheduler (scheduler.py) that batches them
+        into shared language-model calls, with a KV-cache pool of `kv_cache_tokens` tokens and at most
+        `prefill_chunk` prompt tokens per step. False: each request runs alone on a context of the
+        runtime's pool of `max_concurrency` (the way before the scheduler; kept as the benchmarks'
+        baseline)."""
         self.model_dir = Path(model_dir)
         self.tokenizer = JanusTokenizer.from_dir(self.model_dir)
         if prompt_style is not None:  # the checkpoint's files decided at conversion; this overrides them
@@ -52,14 +61,28 @@ class JanusPipeline:
             ov_config = {"INFERENCE_PRECISION_HINT": "f32", **(ov_config or {})}
         self.runtime = Runtime(self.model_dir, device, ov_config, compile_cache_dir, max_concurrency)
         self._pixels = PixelCache(self.info)  # a conversation's images are decoded once, not every turn
+        self.batching = batching
+        self._scheduler_args = (check_int("kv_cache_tokens", kv_cache_tokens, self.info.num_image_tokens * 4, 1 << 22),
+                                check_int("prefill_chunk", prefill_chunk, 1, 1 << 16))
+        self._scheduler, self._scheduler_lock = None, threading.Lock()
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The one scheduler of this pipeline, started at first use (after the runtime's warm-up)."""
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                tokens, chunk = self._scheduler_args
+                self._scheduler = Scheduler(self.runtime, pool_tokens=tokens, prefill_chunk=chunk)
+            return self._scheduler
 
     @classmethod
     def from_pretrained(cls, model: str, weights: str = "int4", device: str = "CPU", cache_dir=None,
                         ov_config: dict | None = None, progress=print, max_concurrency: int = 2,
-                        prompt_style: str | None = None) -> "JanusPipeline":
+                        prompt_style: str | None = None, **serving) -> "JanusPipeline":
         """A Hub id (optionally id@revision), a local checkpoint or an exported directory. Converts on first
         use into the cache (`cache_dir`, default ~/.cache/janus_ov); compiled blobs go to `<cache>/compiled`.
-        `prompt_style` ("pro" | "legacy") overrides the chat template the checkpoint's files chose."""
+        `prompt_style` ("pro" | "legacy") overrides the chat template the checkpoint's files chose;
+        `serving`: batching, kv_cache_tokens, prefill_chunk (see __init__)."""
         from .cache import default_cache_dir, ensure_converted
 
         if prompt_style is not None:
@@ -67,16 +90,16 @@ class JanusPipeline:
         path = ensure_converted(model, weights=weights, cache_dir=cache_dir, progress=progress)
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         return cls(path, device, ov_config, max_concurrency, compile_cache_dir=root / "compiled", weights=weights,
-                   prompt_style=prompt_style)
+                   prompt_style=prompt_style, **serving)
 
     @classmethod
     def from_converted(cls, ir_dir: str | Path, device: str = "CPU", ov_config: dict | None = None,
-                       max_concurrency: int = 2, prompt_style: str | None = None) -> "JanusPipeline":
+                       max_concurrency: int = 2, prompt_style: str | None = None, **serving) -> "JanusPipeline":
         """A directory that already holds the IR parts (from the cache or `python -m janus_ov export`)."""
         from .cache import default_cache_dir
 
         return cls(ir_dir, device, ov_config, max_concurrency, compile_cache_dir=default_cache_dir() / "compiled",
-                   prompt_style=prompt_style)
+                   prompt_style=prompt_style, **serving)
 
     # ------------------------------------------------------------------------------------------ chat
 
@@ -122,9 +145,7 @@ class JanusPipeline:
 
     def _chat_pieces(self, prompt, pixel_values, sampler, max_new_tokens, stop_event, stats) -> Iterator[str]:
         decoder = self.tokenizer.stream_decoder()
-        with self.runtime.context(prefer=lambda ctx: ctx.prefix.reusable(prompt)) as ctx:
-            tokens = chat_loop.generate_tokens(ctx, self.info, prompt, pixel_values, sampler, max_new_tokens,
-                                               stop_event=stop_event, stats=stats)
+        with self._chat_tokens(prompt, pixel_values, sampler, max_new_tokens, stop_event, stats) as tokens:
             for token in tokens:
                 piece = decoder.push(token)
                 if piece:
@@ -134,6 +155,20 @@ class JanusPipeline:
             yield tail
         # Time to first token as a user sees it: image loading/preprocessing included.
         stats["time_to_first_token_s"] += stats["preprocess_s"]
+
+    @contextmanager
+    def _chat_tokens(self, prompt, pixel_values, sampler, max_new_tokens, stop_event, stats):
+        if self.batching:
+            tokens = chat_loop.scheduled_tokens(self.scheduler, self.info, prompt, pixel_values, sampler,
+                                                max_new_tokens, stop_event, stats)
+            try:
+                yield tokens
+            finally:
+                tokens.close()  # frees the request's rows at the scheduler's next step
+            return
+        with self.runtime.context(prefer=lambda ctx: ctx.prefix.reusable(prompt)) as ctx:
+            yield chat_loop.generate_tokens(ctx, self.info, prompt, pixel_values, sampler, max_new_tokens,
+                                            stop_event=stop_event, stats=stats)
 
     # ------------------------------------------------------------------------------------------ image
 
@@ -181,9 +216,13 @@ class JanusPipeline:
         info = self.info
         stats = {"task": "image", "seed": sampler.seed, "num_images": num_images}
         t0 = time.perf_counter()
-        with self.runtime.context() as ctx:
-            tokens = yield from t2i.generate_image_tokens(ctx, info, cond_ids, uncond_ids, num_images, cfg_weight,
-                                                          sampler, stats, stop_event, preview_every)
+        with self._image_context() as ctx:
+            if self.batching:
+                tokens = yield from t2i.scheduled_image_tokens(self.scheduler, info, cond_ids, uncond_ids, num_images,
+                                                               cfg_weight, sampler, stats, stop_event, preview_every)
+            else:
+                tokens = yield from t2i.generate_image_tokens(ctx, info, cond_ids, uncond_ids, num_images, cfg_weight,
+                                                              sampler, stats, stop_event, preview_every)
             if tokens is None:
                 yield ImageResult([], stats, cancelled=True, params=params)
                 return
@@ -198,6 +237,15 @@ class JanusPipeline:
             stats["vq_decode_s"] = time.perf_counter() - t1
         stats["total_s"] = time.perf_counter() - t0
         yield ImageResult(images, stats, params=params)
+
+    @contextmanager
+    def _image_context(self):
+        """Without batching a context of the runtime's pool; with it the runtime (the VQ decoder is shared)."""
+        if self.batching:
+            yield self.runtime
+        else:
+            with self.runtime.context() as ctx:
+                yield ctx
 
     def _image_inputs(self, prompt: str, negative_prompt: str | None):
         """(conditional ids, unconditional ids), both i64 and ending in <begin_of_image>."""

@@ -146,12 +146,12 @@ class Context:
 
     def vision(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values f32 [N,3,S,S] -> image_embeds f32 [N,576,H] (a private copy)"""
-        return self.runtime.run_shared("vision", {"pixel_values": pixel_values})
+        return self.runtime.vision(pixel_values)
 
     def vq_decode(self, image_ids: np.ndarray) -> np.ndarray:
         """image_ids i64 [N,576] -> images f32 [N,3,S,S] in about -1..1 (a private copy);
         [N,R*24] (R whole token rows) -> [N,3,R*16,S]: the top R*16 pixel rows of a picture"""
-        return self.runtime.run_shared("vq_decoder", {"image_ids": image_ids})
+        return self.runtime.vq_decode(image_ids)
 
 
 class Runtime:
@@ -228,6 +228,12 @@ class Runtime:
             self.warm_up_s = time.perf_counter() - t0
             loading.set()
             self._warm.set()
+
+    def vision(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.run_shared("vision", {"pixel_values": pixel_values})
+
+    def vq_decode(self, image_ids: np.ndarray) -> np.ndarray:
+        return self.run_shared("vq_decoder", {"image_ids": image_ids})
 
     def run_shared(self, part: str, inputs: dict) -> np.ndarray:
         request, lock = self._shared[part]

@@ -24,6 +24,7 @@ from .model_info import ModelInfo
 from .results import ImageProgress
 from .runtime import Context
 from .sampling import ImageSampler
+from .scheduler import Job, Row
 
 GRID = 24  # 576 tokens = 24 x 24 patches of 16 px
 PREVIEW_EVERY = 96  # steps between previews (4 token rows); each decodes the rows made so far
@@ -107,3 +108,102 @@ def preview_image(ctx: Context, info: ModelInfo, tokens: np.ndarray, done: int):
     preview = Image.new("RGB", (band.width, band.width), (128, 128, 128))
     preview.paste(band, (0, 0))
     return preview
+
+
+class ImageJob(Job):
+    """A text-to-image request under the scheduler (scheduler.py): the 2N rows of the batch layout
+    above. The two prompts are prefilled (in chunks) in rows 0 and N; the other rows then share their
+    full blocks and get a copy of the partly filled last one; then 576 steps of 2N rows."""
+
+    def __init__(self, cond_ids: np.ndarray, uncond_ids: np.ndarray, num_images: int, cfg_weight: float,
+                 sampler: ImageSampler, n_tokens: int, stop_event=None):
+        super().__init__(stop_event)
+        self.prompts, self.n, self.n_tokens = (cond_ids, uncond_ids), num_images, n_tokens
+        self.cfg, self.sampler = np.array(cfg_weight, np.float32), sampler
+        self.tokens = np.zeros((num_images, n_tokens), np.int64)  # the reader reads columns < step
+        self.step = 0
+        self._last = {}  # prompt index -> the hidden state of its last prompt token
+
+    def blocks_needed(self, pool, shared: int) -> int:
+        return sum(self.n * pool.blocks_for(len(ids) + self.n_tokens) - (self.n - 1) * (len(ids) // pool.block_size)
+                   for ids in self.prompts)
+
+    def start(self, pool, prefix) -> None:
+        self.pool, self.rows = pool, [Row() for _ in range(2 * self.n)]
+
+    def prefill(self, budget: int, sched):
+        pieces = []
+        for which, ids in enumerate(self.prompts):
+            row = self.rows[which * self.n]
+            if row.past < len(ids) and budget > 0:
+                a, b = row.past, min(len(ids), row.past + budget)
+                pieces.append((row, np.array(sched.ctx.embed_text(ids[None, a:b])[0])))
+                budget -= b - a
+        return pieces
+
+    def decode_ids(self):
+        if self.step == 0:
+            return None
+        column = self.tokens[:, self.step - 1]
+        return "image", self.rows, np.concatenate([column, column])
+
+    def hidden(self, got, sched):
+        if self.step == 0:  # prefill chunks
+            for row, h in got:
+                which = 0 if row is self.rows[0] else 1
+                if row.past == len(self.prompts[which]):
+                    self._last[which] = h
+            if len(self._last) < 2:
+                return None
+            self._fork()
+            hidden = np.repeat(np.stack([self._last[0], self._last[1]]), self.n, axis=0)
+        else:
+            hidden = np.stack([h for _, h in got])  # the rows in order, as decode_ids gave them
+        self.tokens[:, self.step] = self.sampler(sched.ctx.gen_head(hidden, self.cfg))
+        self.step += 1
+        self.emit(self.step)
+        self.finished = self.step == self.n_tokens
+        return None
+
+    def _fork(self) -> None:
+        pool = self.pool
+        for which, ids in enumerate(self.prompts):
+            src, full = self.rows[which * self.n], len(ids) // pool.block_size
+            for row in self.rows[which * self.n + 1:(which + 1) * self.n]:
+                row.blocks = src.blocks[:full]
+                pool.share(row.blocks)
+                if len(src.blocks) > full:  # the block all rows will write to: a copy each
+                    row.blocks.append(pool.take(self))
+                    pool.copy(src.blocks[full], row.blocks[-1])
+                row.past = src.past
+
+
+def scheduled_image_tokens(sched, info: ModelInfo, cond_ids: np.ndarray, uncond_ids: np.ndarray, num_images: int,
+                           cfg_weight: float, sampler: ImageSampler, stats: dict, stop_event=None,
+                           preview_every: int = PREVIEW_EVERY):
+    """generate_image_tokens through the scheduler: the same generator protocol and tokens."""
+    t0 = time.perf_counter()
+    job = sched.submit(ImageJob(cond_ids, uncond_ids, num_images, cfg_weight, sampler, info.num_image_tokens,
+                                stop_event))
+    stats.update(prompt_tokens=max(len(cond_ids), len(uncond_ids)))
+    t1, stopped = None, False
+    try:
+        for step in job:
+            if t1 is None:
+                t1 = time.perf_counter()
+                stats["prefill_s"] = t1 - t0
+            preview = None
+            if preview_every and step % preview_every == 0 and step < info.num_image_tokens:
+                preview = preview_image(sched.runtime, info, job.tokens[0], step)
+            yield ImageProgress(step, info.num_image_tokens, preview)
+            if stop_event is not None and stop_event.is_set():  # the scheduler may have run ahead of us
+                stopped = True
+                break
+    finally:
+        job.cancel()
+    if stopped or job.step < info.num_image_tokens:
+        stats.update(cancelled=True, steps=job.step)
+        return None
+    steps_s = time.perf_counter() - (t1 or t0)
+    stats.update(steps=job.step, steps_s=steps_s, steps_per_s=job.step / steps_s, cancelled=False)
+    return job.tokens

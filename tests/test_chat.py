@@ -160,7 +160,9 @@ def test_follow_up_turns_prefill_only_what_is_new(tiny_ir_fp32, reference):
     and still answers exactly what transformers answers for the whole conversation; an image
     request in between, or an edited earlier turn, falls back to a full prefill."""
     model, processor = reference
-    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=1)  # one context: the same cache every turn
+    # The solo path (each request on a context of the runtime's pool; one context: the same cache every
+    # turn). The scheduler's prefix reuse is checked against this path in test_scheduler.py.
+    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=1, batching=False)
     pipe.runtime.wait_warm()  # the warm-up runs the vision part too
     vision_calls = []
     run_shared = pipe.runtime.run_shared
@@ -200,10 +202,12 @@ def test_follow_up_turns_prefill_only_what_is_new(tiny_ir_fp32, reference):
     assert stats["cached_tokens"] < stats["prompt_tokens"] - 2 * pipe.info.num_image_tokens and encoded == 1
 
 
-def test_concurrent_conversations_each_go_on_from_their_own_cache(tiny_ir_fp32):
-    """Two users at once get two contexts; each one's next turn borrows the context that holds
-    its conversation (not merely the last one used, which holds the other conversation)."""
-    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=2)
+@pytest.mark.parametrize("batching", [True, False], ids=["scheduler", "solo"])
+def test_concurrent_conversations_each_go_on_from_their_own_cache(tiny_ir_fp32, batching):
+    """Two users at once: each one's next turn goes on from its own conversation's cache, not merely
+    the last one used (which holds the other conversation). Solo: each borrows the context holding
+    its conversation; scheduler: each matches its own kept prefix."""
+    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, max_concurrency=2, batching=batching)
     a = [{"role": "user", "content": "What is in this picture?", "images": [_image(6)]}]
     b = [{"role": "user", "content": "Describe this one, please.", "images": [_image(7, (300, 300))]}]
     stream_a = pipe.chat_stream(a, max_new_tokens=10)
@@ -214,7 +218,10 @@ def test_concurrent_conversations_each_go_on_from_their_own_cache(tiny_ir_fp32):
         follow_up = conversation + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Colours?"}]
         cached = pipe.chat(follow_up, max_new_tokens=5).stats["cached_tokens"]
         assert cached >= pipe.info.num_image_tokens, conversation[0]["content"]
-    assert pipe.runtime._created == 2
+    if batching:
+        assert len(pipe.scheduler.prefixes) >= 2
+    else:
+        assert pipe.runtime._created == 2
 
 
 def test_a_turn_stopped_midway_leaves_a_usable_cache(tiny_ir_fp32, reference):

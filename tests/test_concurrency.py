@@ -1,5 +1,7 @@
-"""Several requests at once: each borrows its own KV state, so same seeds give the same results
-as running the requests one after another, whether the pool lets them all run or queues them."""
+"""The solo path (batching=False) with several requests at once: each borrows its own context, so
+same seeds give the same results as running the requests one after another (through the
+scheduler, the default path), whether the pool lets them all run or queues them. The scheduler's
+own concurrency tests are in test_scheduler.py."""
 
 import threading
 import time
@@ -62,7 +64,8 @@ def run_together(pipe):
 
 
 def test_four_threads_match_sequential_runs(tiny_ir_fp32, sequential, tmp_path):
-    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path, max_concurrency=4)
+    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path, max_concurrency=4,
+                         batching=False)
     results, spans = run_together(pipe)
     for name in JOBS:
         assert _same(results[name], sequential[name]), name
@@ -73,7 +76,8 @@ def test_four_threads_match_sequential_runs(tiny_ir_fp32, sequential, tmp_path):
 
 
 def test_more_threads_than_contexts_queue_and_still_match(tiny_ir_fp32, sequential, tmp_path):
-    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path, max_concurrency=2)
+    pipe = JanusPipeline(tiny_ir_fp32, ov_config=F32, compile_cache_dir=tmp_path, max_concurrency=2,
+                         batching=False)
     results, _ = run_together(pipe)
     for name in JOBS:
         assert _same(results[name], sequential[name]), name
