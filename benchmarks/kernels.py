@@ -3,7 +3,7 @@
 The language model of Janus-Pro-1B / Janus-1.3B without attention: 24 layers of its seven
 matmuls (q, k, v, o: 2048x2048; gate, up: 2048x5632; down: 5632x2048), random weights
 compressed exactly as our int4 export (NNCF INT4_ASYM, group 64), run with the batch rows a
-chat token (1), one image step (2 CFG rows) and four images (8 rows) use. The weight bytes
+chat token (1), one image step (2 CFG rows), two images (4) and four images (8 rows) use. The weight bytes
 read per call divided by its time is the rate the int4 kernels stream weights at: the
 practical ceiling of our decode, below the numpy bandwidth of benchmarks/bandwidth.py.
 
@@ -24,7 +24,7 @@ import statistics
 import time
 
 LAYERS, HIDDEN, MLP = 24, 2048, 5632
-ROWS = (1, 2, 8)
+ROWS = (1, 2, 4, 8)
 
 # NNCF arguments per recipe; SHIPPED is what janus_ov/compress.py uses.
 SHIPPED = "int4_asym_g64"

@@ -83,6 +83,45 @@ def scenario(ir: str, mode: str, users: str, new_tokens: int) -> dict:
             "peak_rss_bytes": peak_rss()}
 
 
+def step_costs(ir: str, context: int = 600, rows=(1, 2, 4, 6, 8), reps: int = 20) -> dict:
+    """The scheduler's language-model call alone: ms per decode step with `rows` sequences of `context`
+    cached tokens each (what batching costs per row on this machine), and one 256-token prefill chunk."""
+    import numpy as np
+
+    from janus_ov.pipeline import JanusPipeline
+    from janus_ov.scheduler import Row
+
+    pipe = JanusPipeline.from_converted(ir)
+    pipe.runtime.wait_warm()
+    sched = pipe.scheduler  # idle: its thread waits for requests, so its call can be timed from here
+    hidden = sched.ctx.runtime.compiled["lm_head"].input(0).get_partial_shape()[2].get_length()
+    rng = np.random.default_rng(0)
+
+    class Budget:  # block reservation for these synthetic rows
+        reserved = 1 << 20
+
+    sched.pool.reserved += Budget.reserved
+    out = {"context": context, "decode_ms": {}}
+    for n in rows:
+        seqs = [Row() for _ in range(n)]
+        prompt = (rng.standard_normal((context, hidden)) * 0.02).astype(np.float32)
+        sched._language_model([(Budget, row, prompt) for row in seqs])
+        times = []
+        for _ in range(reps):
+            token = (rng.standard_normal((1, hidden)) * 0.02).astype(np.float32)
+            t0 = time.perf_counter()
+            sched._language_model([(Budget, row, token) for row in seqs])
+            times.append(time.perf_counter() - t0)
+        out["decode_ms"][str(n)] = 1000 * statistics.median(times[reps // 4:])
+        for row in seqs:
+            sched.pool.release(row.blocks)
+    chunk = (rng.standard_normal((256, hidden)) * 0.02).astype(np.float32)
+    t0 = time.perf_counter()
+    sched._language_model([(Budget, Row(), chunk)])
+    out["prefill_256_ms"] = 1000 * (time.perf_counter() - t0)
+    return out
+
+
 # ---------------------------------------------------------------- parent side
 
 def _child(spec: dict, log: Path) -> dict:
@@ -141,6 +180,11 @@ def markdown(res: dict) -> str:
         lines.append(f"| {key} | {f(v['chat_tokens_per_s'])} | {f(v['image_steps_per_s'])} | "
                      f"{f(v['ttft_p50_s'], '{:.2f}')} / {f(v['ttft_p95_s'], '{:.2f}')} | {f(v['decode_tokens_per_s'])} | "
                      f"{f(v['image_s'])} | {f(v['peak_rss_gib'], '{:.2f}')} |")
+    steps = res.get("step_costs") or {}
+    if steps.get("decode_ms"):
+        lines += ["", f"One language-model call of the scheduler, {steps['context']} cached tokens per row: "
+                  + ", ".join(f"{n} row{'s' * (n != '1')} {ms:.0f} ms" for n, ms in steps["decode_ms"].items())
+                  + f"; a 256-token prefill chunk {steps.get('prefill_256_ms', 0):.0f} ms."]
     lines += ["", "Targets (issue 17), batched against the pool / alone:"]
     for line in targets(s):
         lines.append(f"- {line}")
@@ -183,12 +227,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
-        print(MARK + json.dumps(scenario(**spec)), flush=True)
+        result = step_costs(spec["ir"]) if spec.get("mode") == "steps" else scenario(**spec)
+        print(MARK + json.dumps(result), flush=True)
         return
     if not args.ir:
         p.error("--ir is required")
     raw = Path(args.out) / "raw" / "serve"
     raw.mkdir(parents=True, exist_ok=True)
+    steps = _child({"ir": args.ir, "mode": "steps"}, raw / "steps.log")  # first, on a quiet machine
+    print("    step costs: " + json.dumps(steps), flush=True)
     results = []
     for run in range(args.runs):
         for users in args.users.split(","):
@@ -199,7 +246,7 @@ def main(argv=None):
                 print("    " + json.dumps({k: results[-1].get(k) for k in ("wall_s", "chat_tokens_per_s",
                                                                             "image_steps_per_s", "error")}), flush=True)
     res = {"ir": args.ir, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs,
-           "new_tokens": args.new_tokens, "results": results, "summary": summarize(results)}
+           "new_tokens": args.new_tokens, "step_costs": steps, "results": results, "summary": summarize(results)}
     name = args.name or f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-serving"
     Path(args.out, f"{name}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     Path(args.out, f"{name}.md").write_text(markdown(res), encoding="utf-8")

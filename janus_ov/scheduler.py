@@ -187,6 +187,7 @@ class Scheduler:
         self.images: OrderedDict[int, np.ndarray] = OrderedDict()  # fingerprint -> [576,H], LRU
         self.images_lock = threading.Lock()
         self.steps = 0
+        self.closed = False
         self._wake = threading.Condition()
         threading.Thread(target=self._loop, name="janus-ov-scheduler", daemon=True).start()
 
@@ -200,6 +201,8 @@ class Scheduler:
                                     f"server holds {self.pool.blocks * self.pool.block_size} for all requests "
                                     "together. Ask for fewer images or fewer new tokens.")
         with self._wake:
+            if self.closed:
+                raise ServerBusyError("The server is shutting down.")
             if len(self.waiting) >= self.max_waiting:
                 raise ServerBusyError(f"The server is busy: {len(self.waiting)} requests are waiting. "
                                       "Try again in a minute.")
@@ -223,6 +226,12 @@ class Scheduler:
                 self.images.popitem(last=False)
         return kept
 
+    def close(self) -> None:
+        """Stop the scheduler thread once the requests under way are done (new ones are refused)."""
+        with self._wake:
+            self.closed = True
+            self._wake.notify()
+
     def stats(self) -> dict:
         with self._wake:
             return {"active": len(self.active), "waiting": len(self.waiting), "blocks_in_use": self.pool.in_use(),
@@ -235,6 +244,8 @@ class Scheduler:
             with self._wake:
                 self._retire(lambda job: job.stopped())
                 while not self.active and not self.waiting:
+                    if self.closed:
+                        return
                     self._wake.wait()
                 self._admit()
                 jobs = list(self.active)

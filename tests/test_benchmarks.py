@@ -155,3 +155,20 @@ def test_quick_run_writes_complete_reports(tiny_model_dir, tmp_path):
     for text in ("| engine |", "| openvino-int4 |", "| pytorch-fp32 |", "GB/s", "test run", m["cpu"], "Targets",
                  "follow-up question", "as the app makes it"):
         assert text in md
+
+
+def test_serving_benchmark_runs_both_modes_and_reports_the_targets(tiny_ir_fp32, tmp_path):
+    """benchmarks.serve on the tiny model: every scenario in both modes, the step costs, the report."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.serve", "--ir", str(tiny_ir_fp32), "--users", "1,late-chat,4",
+                          "--new-tokens", "8", "--out", str(tmp_path), "--name", "serve"], cwd=REPO,
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "serve.json").read_text(encoding="utf-8"))
+    assert not [r for r in res["results"] if "error" in r], res["results"]
+    assert set(res["summary"]) == {f"{m}/{u}" for m in ("batched", "pool") for u in ("1", "late-chat", "4")}
+    assert set(res["step_costs"]["decode_ms"]) == {"1", "2", "4", "6", "8"}
+    for key in ("batched/4", "pool/4"):
+        row = res["summary"][key]
+        assert row["chat_tokens_per_s"] > 0 and row["image_steps_per_s"] > 0 and row["peak_rss_gib"] > 0
+    report = (tmp_path / "serve.md").read_text(encoding="utf-8")
+    assert "| batched/4 |" in report and "faster than the pool" in report and "first token while an image runs" in report
