@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import hmac
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -40,8 +42,11 @@ from janus_ov import (
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_SEED = 2**31 - 1
-CHAT_CONCURRENCY = 2  # chats are light: two can share the CPU
-IMAGE_CONCURRENCY = 1  # an image run already keeps every core busy
+# janus_ov's scheduler runs every admitted request's next step in one batched call, so several chats
+# and image runs progress together; beyond these the Gradio queue holds requests (and the scheduler
+# holds those its KV-cache pool cannot take yet, refusing with a "busy" message when its queue is full).
+CHAT_CONCURRENCY = 8
+IMAGE_CONCURRENCY = 4
 UPSCALE_CHOICES = [("384 px (native)", 384), ("768 px", 768), ("1024 px", 1024)]
 
 CHAT_EXAMPLES = [
@@ -161,8 +166,36 @@ def load_pipeline(args):
     print(f"Loading {model} (weights {args.weights}, device {args.device}) ...", flush=True)
     return JanusPipeline.from_pretrained(model, weights=args.weights, device=args.device, cache_dir=args.cache_dir,
                                          progress=say,
-                                         max_concurrency=CHAT_CONCURRENCY + IMAGE_CONCURRENCY,
                                          prompt_style=None if args.prompt_style == "auto" else args.prompt_style)
+
+
+class LoginGuard:
+    """Gradio's password check with a brake: after MAX_FAILURES wrong passwords for a user name within
+    WINDOW_S that name is refused for the rest of the window whatever the password, so a share link
+    cannot be guessed at full speed (a legitimate user waits a minute at worst)."""
+
+    MAX_FAILURES, WINDOW_S = 5, 60.0
+
+    def __init__(self, user: str, password: str):
+        self.user, self.password = user.encode(), password.encode()
+        self.failures: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, username: str, password: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            recent = [t for t in self.failures.get(username, []) if now - t < self.WINDOW_S][-self.MAX_FAILURES:]
+            self.failures[username] = recent
+            if len(recent) >= self.MAX_FAILURES:
+                return False
+        ok = hmac.compare_digest(str(username).encode(), self.user) & hmac.compare_digest(str(password).encode(),
+                                                                                        self.password)
+        if not ok:
+            with self.lock:
+                self.failures.setdefault(username, []).append(now)
+                while len(self.failures) > 10_000:  # names tried once and never again: forget the oldest
+                    self.failures.pop(next(iter(self.failures)))
+        return ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +222,21 @@ def _reason(error: Exception) -> str:
     return str(error.message if isinstance(error, gr.Error) else f"{type(error).__name__}: {error}")
 
 
+# An absolute path in a message: what the person sees is the file's own name, never the server's folders.
+_PATH = re.compile(r"(?<![\w.])/(?:[^/\s'\"]+/)+(?=[^/\s'\"])")
+
+
+def hide_paths(message: str) -> str:
+    return _PATH.sub("", message)
+
+
 @contextmanager
 def readable_errors():
-    """janus_ov's errors are written for users: show them as they are, keep the server going."""
+    """janus_ov's errors are written for users: show them (without server paths), keep the server going."""
     try:
         yield
     except JanusError as e:
-        raise user_error(str(e)) from None
+        raise user_error(hide_paths(str(e))) from None
 
 
 def _text_and_images(message: dict) -> tuple[str, list[str]]:
@@ -367,7 +408,7 @@ class Studio:
             try:
                 self.pipe.prepare_images([path])  # decoded once: the answer reuses these pixels
             except JanusError as e:  # name the upload as the user knows it, not by its server path
-                raise user_error(str(e).replace(path, Path(path).name)) from None
+                raise user_error(hide_paths(str(e))) from None
         if not self.chat_stops.arm(request):
             raise user_error("An answer is still being written: wait for it, or press Stop.")
         turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
@@ -454,7 +495,10 @@ class Studio:
     # -- text to image
     def _images(self, prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size, stop, progress,
                 request=None):
-        """Yield previews while the pipeline works, then the finished list of images."""
+        """Yield after every step (a preview of the forming image, or None), then the finished list of
+        images. Yielding each step is what lets Gradio close this generator within one step when the
+        request is cancelled or its client goes away (it can only close a generator between yields);
+        closing it closes the pipeline's stream, which frees the run's rows at the scheduler's next step."""
         num_images = _whole(num_images, "num_images")
         if not 1 <= num_images <= self.args.max_images:  # this server's limit, stricter than janus_ov's
             raise user_error(f"num_images must be between 1 and {self.args.max_images}, got {num_images}.")
@@ -474,10 +518,10 @@ class Studio:
                     elif event.stage == "decoding":
                         progress((event.step, event.total), desc=f"Decoding image {event.step} of {event.total}",
                                  unit="images")
+                        yield None
                     else:
                         progress((event.step, event.total), desc="Generating image tokens", unit="tokens")
-                        if event.preview is not None:
-                            yield event.preview
+                        yield event.preview
             finally:
                 events.close()
 
@@ -516,8 +560,10 @@ class Studio:
                                         stop, progress, request):
                     if isinstance(out, list):
                         images = out
-                    else:
+                    elif out is not None:
                         yield out, gr.skip(), seed, gr.skip(), gr.skip()
+                    else:  # a step: nothing new to show, but a point where a cancel can close this run
+                        yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             except Exception as error:  # a toast; raised, Gradio would badge every output (the seed field too)
                 gr.Warning(_reason(error))
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), enable
@@ -531,14 +577,15 @@ class Studio:
     def generate_api(self, prompt: str, negative_prompt: str | None = None, seed: int = 0, randomize_seed: bool = True,
                      cfg_weight: float = 5.0, temperature: float = 1.0, num_images: int = 2, size: int = 384,
                      request: gr.Request = None, progress=gr.Progress()):
-        """Generate `num_images` images for `prompt`; returns (gallery, seed used)."""
+        """Generate `num_images` images for `prompt`; returns (gallery, seed used). A generator only so
+        that a cancel or a dropped client stops the run within one step (see _images)."""
         seed = random.randint(0, MAX_SEED) if randomize_seed else _whole(seed, "seed")
-        images = []
         for out in self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, size,
                                 threading.Event(), progress, request):
             if isinstance(out, list):
-                images = out
-        return images, seed
+                yield out, seed
+                return
+            yield gr.skip(), gr.skip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,7 +595,8 @@ class Studio:
 def build_ui(studio: Studio) -> gr.Blocks:
     args = studio.args
     name = "tiny random demo model" if args.tiny_demo else args.model
-    with gr.Blocks(title="Janus Studio (OpenVINO)", fill_width=True) as demo:
+    # Gradio's copies of uploads and results: swept every 30 minutes of anything older than an hour.
+    with gr.Blocks(title="Janus Studio (OpenVINO)", fill_width=True, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(f"# Janus Studio · OpenVINO\nChat about images and create images with **{name}**, "
                     "running on your CPU with OpenVINO.")
         if args.tiny_demo:
@@ -700,7 +748,8 @@ def main(argv=None) -> int:
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     started = time.strftime("%H:%M:%S")
     print(f"[{started}] Model ready; starting the web server.", flush=True)
-    demo.launch(server_name=args.server_name, server_port=args.port, share=args.share, auth=args.auth,
+    auth = LoginGuard(*args.auth) if args.auth else None
+    demo.launch(server_name=args.server_name, server_port=args.port, share=args.share, auth=auth,
                 max_file_size=args.max_file_size, show_error=True, css=CSS, js=FOCUS_JS, theme=gr.themes.Soft())
     return 0
 

@@ -110,11 +110,36 @@ def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> 
     except BaseException as e:
         if not isinstance(e, Exception):
             raise  # KeyboardInterrupt / SystemExit: clean up and let them through
+        if full := disk_full(tmp_root, e, resolved.path):
+            raise ConversionError(f"Converting {resolved.source} failed: {full}") from None
         raise ConversionError(f"Converting {resolved.source} to OpenVINO IR failed ({type(e).__name__}: {e}). "
                               f"Nothing was cached; check the checkpoint is complete and supported.") from e
     _stamp(dest, tmp_root, json.loads((dest / MANIFEST).read_text(encoding="utf-8")))  # we just hashed every file ourselves
     say(f"Saved the converted model to {dest}")
     return dest
+
+
+def disk_full(root: Path, error: BaseException, source: Path | None = None) -> str | None:
+    """A readable sentence if `error` came from a full disk under `root` (OpenVINO's writer says only
+    "basic_ios::clear: iostream error", safetensors "No space left on device"), else None."""
+    import errno
+
+    text = f"{error} {error.__cause__ or ''}"
+    if getattr(error, "errno", None) != errno.ENOSPC and not any(
+            words in text for words in ("No space left", "iostream error", "ENOSPC")):
+        return None
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return None
+    if "iostream error" in text and free > 2**30:
+        return None  # not the disk, then
+    need = ""
+    if source is not None and Path(source).is_dir():
+        size = sum(f.stat().st_size for f in Path(source).rglob("*") if f.is_file())
+        need = f"; converting this checkpoint needs about {size / 2**30:.1f} GiB there"
+    return (f"the disk holding {root} is full ({free / 2**20:.0f} MiB free{need}). Nothing was cached: free some "
+            f"space, or set {ENV_VAR} / --cache-dir to a disk with room.")
 
 
 def _write_manifest(directory: Path, resolved: Resolved, weights: str) -> dict:

@@ -13,6 +13,7 @@ import io
 import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,12 @@ from .errors import InvalidInputError
 # Decompression-bomb guard: 64 megapixels is far above anything useful (every image is shrunk to
 # 384 px anyway) and keeps the worst decoded RGBA/I;32 image around 256 MB.
 MAX_PIXELS = 64_000_000
+# Above this size an image is decoded by one thread for the whole process, one image at a time: a few
+# simultaneous 64 MP uploads (a few hundred kB each as PNG) would otherwise take gigabytes. One thread,
+# not merely a lock: the C allocator keeps a freed image's memory in the arena of the thread that
+# decoded it, so images decoded in turn by different threads would still each keep their own.
+LARGE_PIXELS = 16_000_000
+_LARGE_DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="janus-ov-large-image")
 
 _ORIENTATION = 0x0112  # EXIF tag
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
@@ -302,7 +309,9 @@ class PixelCache:
             if key is not None and key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-        pixels = preprocess([load_image(src)], self.info)[0]  # outside the lock: decoding is the slow part
+        decode = lambda: preprocess([load_image(src)], self.info)[0]  # noqa: E731
+        # Outside the cache's lock: decoding is the slow part.
+        pixels = _LARGE_DECODER.submit(decode).result() if _header_pixels(src) > LARGE_PIXELS else decode()
         if key is not None:
             pixels.setflags(write=False)  # shared between requests
             with self._lock:
@@ -310,6 +319,19 @@ class PixelCache:
                 while len(self._entries) > self.capacity:
                     self._entries.popitem(last=False)
         return pixels
+
+
+def _header_pixels(src) -> int:
+    """Width x height from a file's or bytes' header (nothing decoded); 0 if unknown or already decoded."""
+    if not isinstance(src, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return 0
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(src if isinstance(src, (str, os.PathLike)) else io.BytesIO(bytes(src))) as im:
+                return im.size[0] * im.size[1]
+    except Exception:  # noqa: BLE001 - load_image reports what is wrong with it
+        return 0
 
 
 def _source_key(src):

@@ -101,6 +101,12 @@ class JanusPipeline:
         return cls(ir_dir, device, ov_config, max_concurrency, compile_cache_dir=default_cache_dir() / "compiled",
                    prompt_style=prompt_style, **serving)
 
+    def close(self) -> None:
+        """Let the scheduler's thread end (after the requests under way); the pipeline serves no more."""
+        with self._scheduler_lock:
+            if self._scheduler is not None:
+                self._scheduler.close()
+
     # ------------------------------------------------------------------------------------------ chat
 
     def chat_stream(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
@@ -250,16 +256,15 @@ class JanusPipeline:
     def _image_inputs(self, prompt: str, negative_prompt: str | None):
         """(conditional ids, unconditional ids), both i64 and ending in <begin_of_image>."""
         info = self.info
-        cond_ids = self.tokenizer.encode_image_prompt(image_prompt(prompt, info))
+        cond_ids = self._image_prompt_ids(prompt, "prompt")
         if negative_prompt is None or (isinstance(negative_prompt, str) and not negative_prompt.strip()):
             uncond_ids = t2i.unconditional_ids(cond_ids, info)
         else:
-            uncond_ids = self.tokenizer.encode_image_prompt(image_prompt(negative_prompt, info))
-        longest = max(len(cond_ids), len(uncond_ids))
-        if longest + info.num_image_tokens > info.max_position_embeddings:
-            raise InvalidInputError(f"The prompt is too long: {longest} tokens + {info.num_image_tokens} image tokens "
-                                    f"exceed the context window of {info.max_position_embeddings}.")
+            uncond_ids = self._image_prompt_ids(negative_prompt, "negative prompt")
         return cond_ids, uncond_ids
+
+    def _image_prompt_ids(self, text: str, name: str):
+        return self.tokenizer.encode_image_prompt(image_prompt(text, self.info, name), name)
 
 
 def _model_name(source: str) -> str:

@@ -22,6 +22,24 @@ EOS_TEXT = special_tokens.EOS
 _RESERVED = (special_tokens.IMAGE, special_tokens.BOI, special_tokens.EOI)
 _ROLE_NAMES = {"pro": (special_tokens.USER, special_tokens.ASSISTANT), "legacy": ("User", "Assistant")}
 PROMPT_STYLES = tuple(_ROLE_NAMES)
+# A request's work before the model is bounded by its size: longer inputs are refused, not processed.
+MAX_MESSAGES = 256
+MAX_TEXT_CHARS = 32_000  # per message or prompt: several times the longest context window in tokens
+
+
+def check_text(name: str, text) -> str:
+    """`text` as the tokenizer can take it: a str of valid Unicode (no lone surrogates, which JSON
+    allows), at most MAX_TEXT_CHARS long."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{name} must be a string, got {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInputError(f"{name} is {len(text)} characters long; at most {MAX_TEXT_CHARS} are accepted")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(f"{name} is not valid Unicode text (a lone surrogate {text[e.start]!r} at "
+                                f"character {e.start + 1})") from None
+    return text
 
 
 def check_prompt_style(style: str) -> str:
@@ -47,6 +65,9 @@ def validate_messages(messages) -> list[dict]:
         raise InvalidInputError("messages must be a list of {'role', 'content', 'images'} dicts")
     if not messages:
         raise InvalidInputError("the conversation is empty: give at least one user message")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidInputError(f"the conversation has {len(messages)} messages; at most {MAX_MESSAGES} are "
+                                "accepted (older ones would not fit the context window anyway)")
     out = []
     for i, m in enumerate(messages):
         where = f"message {i + 1}"
@@ -59,8 +80,7 @@ def validate_messages(messages) -> list[dict]:
         content = m.get("content")
         if content is None:
             content = ""
-        if not isinstance(content, str):
-            raise InvalidInputError(f"{where}: 'content' must be a string, got {type(content).__name__}")
+        content = check_text(f"{where}: 'content'", content)
         images = m.get("images")
         if images is None:
             images = []
@@ -119,16 +139,15 @@ def _prompt_parts(messages: list[dict], info) -> list[str]:
     return parts
 
 
-def image_prompt(prompt: str, info) -> str:
+def image_prompt(prompt: str, info, name: str = "prompt") -> str:
     """The text-to-image prompt: one user turn, no system prompt, ending right before <begin_of_image>
-    (JanusTokenizer.encode_image_prompt appends it)."""
-    if not isinstance(prompt, str):
-        raise InvalidInputError(f"the prompt must be a string, got {type(prompt).__name__}")
+    (JanusTokenizer.encode_image_prompt appends it). `name`: what errors call it (prompt, negative prompt)."""
+    prompt = check_text(f"the {name}", prompt)
     if not prompt.strip():
-        raise InvalidInputError("the prompt is empty: describe the image to generate")
+        raise InvalidInputError(f"the {name} is empty: describe the image to generate")
     for tag in _RESERVED:
         if tag in prompt:
-            raise InvalidInputError(f"the prompt contains the reserved text {tag!r}")
+            raise InvalidInputError(f"the {name} contains the reserved text {tag!r}")
     user, assistant = _roles(info)
     return f"{user}: {prompt.strip()}\n\n{assistant}:"
 

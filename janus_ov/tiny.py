@@ -158,17 +158,22 @@ def build_tiny_model(output: str | Path, seed: int = 0) -> Path:
 def tiny_demo_checkpoint(cache_dir=None, say=print) -> Path:
     """The tiny checkpoint `app.py --tiny-demo` serves, built once into the cache (in a staging
     directory renamed into place, under the cache's lock: a killed build never looks finished)."""
-    from .cache import default_cache_dir, entry_lock, staged
+    from .cache import default_cache_dir, disk_full, entry_lock, staged
+    from .errors import ConversionError
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     target = root / "tiny-demo-checkpoint"
     if (target / "config.json").is_file():
         return target
-    with entry_lock(root, target.name, say):
+    with entry_lock(root, target.name, say):  # a cache that cannot be written is reported here
         if not (target / "config.json").is_file():  # not built by another process meanwhile
             say(f"Building the tiny random-weight demo model in {target} ...")
-            with staged(target, root) as tmp:
-                build_tiny_model(tmp)
+            try:
+                with staged(target, root) as tmp:
+                    build_tiny_model(tmp)
+            except Exception as e:  # a full or read-only disk: say so, not a traceback
+                reason = disk_full(root, e) or f"{type(e).__name__}: {e}"
+                raise ConversionError(f"Could not build the tiny demo model in {root}: {reason}") from None
     return target
 
 

@@ -78,16 +78,17 @@ class JanusTokenizer:
         return [len(e.ids) + e.ids.count(self.info.image_id) * (n + 1)
                 for e in self.tokenizer.encode_batch(pieces, add_special_tokens=False)]
 
-    def encode_image_prompt(self, prompt: str) -> np.ndarray:
-        """Text-to-image prompt (from prompts.image_prompt) -> int64 ids [T]: BOS ... <begin_of_image>."""
+    def encode_image_prompt(self, prompt: str, name: str = "prompt") -> np.ndarray:
+        """Text-to-image prompt (from prompts.image_prompt) -> int64 ids [T]: BOS ... <begin_of_image>.
+        `name`: what errors call it (the prompt, the negative prompt)."""
         ids = self._text_ids(prompt) + [self.info.boi_id]
         if self.info.image_id in ids:
-            raise InvalidInputError("a text-to-image prompt cannot contain image placeholders")
+            raise InvalidInputError(f"a text-to-image {name} cannot contain image placeholders")
         limit, n = int(self.info.max_position_embeddings), int(self.info.num_image_tokens)
         if len(ids) + n > limit:
             raise InvalidInputError(
-                f"the prompt is {len(ids)} tokens; with the {n} image tokens to generate that exceeds the "
-                f"model's context window of {limit} tokens: shorten the prompt")
+                f"the {name} is {len(ids)} tokens; with the {n} image tokens to generate that exceeds the "
+                f"model's context window of {limit} tokens: shorten the {name}")
         return np.array(ids, dtype=np.int64)
 
     # ------------------------------------------------------------------------------------- decoding

@@ -240,7 +240,14 @@ def huge_file(tmp_path_factory) -> Path:
 # (request, words the error must contain; "" where Gradio's own input check answers first)
 BAD_REQUESTS = {
     "empty chat message": (lambda c, f: chat(c, "   ").result(timeout=120), "empty"),
-    "broken image": (lambda c, f: chat(c, "What is this?", [f["broken"]]).result(timeout=120), "image"),
+    # Named as the client knows it: no server path (it once said /tmp/gradio/<hash>/broken.png).
+    "broken image": (lambda c, f: chat(c, "What is this?", [f["broken"]]).result(timeout=120),
+                     "image file broken.png"),
+    "prompt with a lone surrogate": (lambda c, f: rest(c, "generate_images",
+                                                       '{"data": ["fox \\ud800", "", 1, false, 5, 1.0, 1, 384]}'),
+                                     "not valid Unicode"),
+    "chat with a lone surrogate": (lambda c, f: rest(c, "chat", '{"data": ["Hi \\ud800", [], [], 0, 1.0, 8, 0]}'),
+                                   "not valid Unicode"),
     "upload over the size limit": (lambda c, f: chat(c, "What is this?", [f["huge"]]).result(timeout=120), ""),
     "chat history not a list of turns": (lambda c, f: chat(c, "Hi", history=[{"role": "x"}]).result(timeout=120),
                                          "history"),
@@ -269,6 +276,8 @@ def test_bad_input_is_refused_and_the_server_keeps_working(client, case, broken_
         request(client, {"broken": broken_image, "huge": huge_file})
     message = str(caught.value)
     assert message.strip(), "the error must say what is wrong"
+    if isinstance(caught.value, (AppError, ServerError)):  # the server's words (not gradio_client's own checks)
+        assert "/tmp/" not in message and "gradio/" not in message, message  # no server paths
     if words:
         assert isinstance(caught.value, (AppError, ServerError)), f"expected a gr.Error, got {caught.value!r}"
         assert words.lower() in message.lower(), message
@@ -301,6 +310,15 @@ def test_login_is_required_with_auth(tmp_path_factory, artifacts_dir):
             Client(url, auth=("ann", "wrong"), verbose=False)
         client = Client(url, auth=("ann", "s3:cret"), verbose=False)
         assert isinstance(chat(client, "Hello", max_new_tokens=4).result(timeout=300), str)
+        # Guessing is braked: after five wrong passwords in a minute the name is refused, even with the right one.
+        import httpx
+
+        def login(user, password):
+            return httpx.post(f"{url}login", data={"username": user, "password": password}, timeout=30).status_code
+
+        assert login("ann", "s3:cret") == 200
+        assert [login("ann", f"guess{i}") for i in range(5)] == [400] * 5
+        assert login("ann", "s3:cret") == 400
     finally:
         stop_app(proc)
 

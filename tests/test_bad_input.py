@@ -107,6 +107,32 @@ def test_bad_input_is_refused_clearly_and_pipeline_stays_usable(pipe, files, goo
     assert pipe.chat(GOOD, max_new_tokens=6) == good_answer
 
 
+LONE = "caf\ud800e"  # a lone surrogate: JSON can carry it, UTF-8 cannot
+EXCHANGES = [{"role": r, "content": "hi"} for _ in range(129) for r in ("user", "assistant")][:-1]
+SPECIFIC = {  # the message names the field and the fault
+    "chat_lone_surrogate": (_chat(messages=[{"role": "user", "content": LONE}]), "message 1: 'content' is not valid"),
+    "history_lone_surrogate": (_chat(messages=[*GOOD, {"role": "assistant", "content": LONE}, *GOOD]),
+                               "message 2: 'content' is not valid Unicode"),
+    "prompt_lone_surrogate": (_image(LONE), "the prompt is not valid Unicode"),
+    "negative_lone_surrogate": (_image("a cat", negative_prompt=LONE), "the negative prompt is not valid Unicode"),
+    "negative_too_long": (_image("a cat", negative_prompt="cat sofa " * 1000), "the negative prompt is 5008 tokens"),
+    "too_many_messages": (_chat(messages=EXCHANGES), "257 messages; at most 256"),
+    "message_too_long": (_chat(messages=[{"role": "user", "content": "a" * 40_000}]), "40000 characters long"),
+    "prompt_too_long_chars": (_image("a" * 40_000), "the prompt is 40000 characters long"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPECIFIC))
+def test_text_faults_are_named_precisely(pipe, files, good_answer, case):
+    """Lone surrogates (once a UnicodeEncodeError or a tokenizer TypeError), over-long fields and
+    over-long histories are refused up front, naming the field (a negative prompt was once
+    reported as "the prompt")."""
+    call, words = SPECIFIC[case]
+    with pytest.raises(InvalidInputError, match=words.replace("(", r"\(")):
+        call(pipe, files)
+    assert pipe.chat(GOOD, max_new_tokens=6) == good_answer
+
+
 def test_image_generation_still_works_after_bad_requests(pipe, files):
     for case in ("bomb_20000x20000", "num_images=9", "cfg_weight=nan", "image_prompt_empty"):
         with pytest.raises(InvalidInputError):

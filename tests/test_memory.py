@@ -75,3 +75,43 @@ def test_checkpoint_pages_are_dropped_only_while_unwritten(tmp_path):
         assert drop_file_pages([path]) == 0
         assert view[:4] == b"edit"
         del mapped
+
+
+_DECODE_MANY = """
+import sys, threading
+from janus_ov.images import PixelCache
+from janus_ov.model_info import ModelInfo
+cache = PixelCache(ModelInfo.load(sys.argv[1]))
+status = lambda key: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key))
+base = status("VmRSS:")
+threads = [threading.Thread(target=cache.get, args=(path,)) for path in sys.argv[2:]]
+for t in threads: t.start()
+for t in threads: t.join()
+assert len(cache._entries) == len(sys.argv) - 2
+print((status("VmHWM:") - base) // 1024)
+"""
+
+
+def test_simultaneous_huge_uploads_are_decoded_one_at_a_time(tiny_ir_fp32, tmp_path):
+    """Four 64-megapixel RGBA PNGs (a few hundred kB each on disk) decoded at once once took four
+    times the memory of one (362 -> 4,771 MB); large images now take turns, process-wide."""
+    import subprocess
+
+    from PIL import Image
+
+    paths = []
+    for i in range(4):  # distinct files, so that none comes from the cache
+        image = Image.new("RGBA", (8000, 8000))
+        image.putpixel((i, i), (255, 0, 0, 255))
+        paths.append(tmp_path / f"bomb{i}.png")
+        image.save(paths[-1], compress_level=1)
+        del image
+
+    def growth_mib(files):
+        out = subprocess.run([sys.executable, "-c", _DECODE_MANY, str(tiny_ir_fp32), *map(str, files)],
+                             capture_output=True, text=True, check=True, timeout=600)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    one, four = growth_mib(paths[:1]), growth_mib(paths)
+    assert one > 200  # a 64 MP RGBA image really is decoded (256 MB of pixels)
+    assert four < 1.5 * one, (one, four)
