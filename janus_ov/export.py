@@ -34,8 +34,9 @@ def export(model: str, output, weights: str = "int4", cache_dir=None, force: boo
     if entry.resolve() == output:
         return output
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".tmp-export-{output.name}-{uuid.uuid4().hex[:8]}"
-    old = output.parent / f".old-export-{output.name}-{uuid.uuid4().hex[:8]}"
+    _sweep_dead_exports(output)
+    tag = f"{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the pid tells a killed export's litter
+    tmp, old = output.parent / f".tmp-export-{tag}", output.parent / f".old-export-{tag}"
     try:
         shutil.copytree(entry, tmp)
         problem = verify(tmp, tmp / ".verify")  # a private stamp dir: always a full check of the copy
@@ -54,6 +55,30 @@ def export(model: str, output, weights: str = "int4", cache_dir=None, force: boo
     say(f"Exported {manifest['source']} ({manifest['weights']}, {size / 2**20:.1f} MiB) to {output}. "
         f"Load it with --model {output} (no torch or network needed).")
     return output
+
+
+def _sweep_dead_exports(output: Path) -> None:
+    """Remove what an export to `output` killed mid-way left beside it (a partial copy; the previous
+    output set aside, which goes back in place if the new one never arrived)."""
+    for kind in (".old-export-", ".tmp-export-"):  # old first: it may restore the output
+        for path in output.parent.glob(f"{kind}{output.name}-*-*"):
+            pid = path.name.rsplit("-", 2)[-2]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == ".old-export-" and not output.exists():
+                os.rename(path, output)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(argv=None) -> int:

@@ -355,6 +355,36 @@ def test_export_force_replaces_the_output(built, tiny_model_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_export_killed_midway_leaves_nothing_the_next_one_does_not_clean(built, tiny_model_dir, tmp_path):
+    """SIGKILL skips `finally`: a partial copy stays beside the output. The next export removes it and,
+    had the kill come between its two renames, puts the previous output back first."""
+    import signal
+
+    from janus_ov.export import main
+
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    partial = tmp_path / f".tmp-export-out-{dead.pid}-0badc0de"
+    partial.mkdir()
+    (partial / "language_model.bin").write_bytes(b"half")
+    aside = tmp_path / f".old-export-out-{dead.pid}-0badc0de"
+    aside.mkdir()
+    (aside / "note.txt").write_text("the previous export")
+    live = tmp_path / f".tmp-export-out-{os.getpid()}-feedface"  # an export running right now is left alone
+    live.mkdir()
+    from janus_ov.export import _sweep_dead_exports
+
+    _sweep_dead_exports(out)
+    assert (out / "note.txt").read_text() == "the previous export" and not partial.exists() and not aside.exists()
+    assert live.exists()
+    live.rmdir()
+    assert main(["--model", str(tiny_model_dir), "--weights", "fp32", "--output", str(out),
+                 "--cache-dir", str(built["root"]), "--force"]) == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_unwritable_cache_dir(tiny_model_dir, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
