@@ -96,7 +96,7 @@ class ChatJob(Job):
         self.n_prompt = len(prompt.key)
         self.ids = np.zeros(self.n_prompt + max_new_tokens, np.int64)  # keyed ids of what the row holds
         self.ids[:self.n_prompt] = prompt.key
-        self.cached = self.new_tokens = 0
+        self.cached = self.new_tokens = self.first_token_step = 0
         self.next_id = None  # sampled, to be fed at the next step
 
     def key(self):
@@ -139,6 +139,8 @@ class ChatJob(Job):
             self.finished = True
             return
         self.new_tokens += 1
+        if self.new_tokens == 1:
+            self.first_token_step = self.step_no
         self.emit(token)
         if self.new_tokens == self.max_new_tokens:
             self.finished = True
@@ -161,7 +163,8 @@ def scheduled_tokens(sched, info: ModelInfo, prompt: KeyedPrompt, pixel_values: 
         for token in job:
             if t1 is None:
                 t1 = time.perf_counter()
-                stats.update(cached_tokens=job.cached, time_to_first_token_s=t1 - t0)
+                stats.update(cached_tokens=job.cached, time_to_first_token_s=t1 - t0,
+                             steps_to_first_token=job.first_token_step - job.submitted_step)
             stats["new_tokens"] += 1
             yield token
             if stop_event is not None and stop_event.is_set():  # the scheduler may have run ahead of us

@@ -118,6 +118,7 @@ class Job:
         self.stop_event = stop_event
         self.error: BaseException | None = None
         self.finished = False  # set by the job when it has nothing more to do
+        self.submitted_step = self.step_no = 0  # the scheduler's step count at submission / at this call
         self._events: queue.Queue = queue.Queue()
 
     # -- reader side
@@ -206,6 +207,7 @@ class Scheduler:
             if len(self.waiting) >= self.max_waiting:
                 raise ServerBusyError(f"The server is busy: {len(self.waiting)} requests are waiting. "
                                       "Try again in a minute.")
+            job.submitted_step = self.steps
             self.waiting.append(job)
             self._wake.notify()
         return job
@@ -345,6 +347,8 @@ class Scheduler:
         hidden = self._language_model(pieces)
         self.steps += 1
         per_job: dict[int, list] = {}
+        for job in jobs:
+            job.step_no = self.steps
         for (job, row, _), h in zip(pieces, hidden):
             per_job.setdefault(id(job), (job, []))[1].append((row, h))
         heads = [(job, got) for job, got in per_job.values()]

@@ -145,17 +145,15 @@ def test_a_cancelled_request_frees_its_blocks(tiny_ir_fp32, tmp_path):
 
 def test_a_newcomer_starts_within_one_step_plus_its_prefill_chunks(tiny_ir_fp32, tmp_path):
     pipe = batched(tiny_ir_fp32, tmp_path, prefill_chunk=32)
-    sched = pipe.scheduler
     images = pipe.generate_images_stream("a red fox", num_images=4, seed=1, preview_every=0)
     next(images)  # the image batch is under way
     question = [user("Tell me about lighthouses " * 10)]
     stream = pipe.chat_stream(question, max_new_tokens=8)
-    submitted = sched.stats()["steps"]
     next(stream)
-    waited = sched.stats()["steps"] - submitted
+    waited = stream.stats["steps_to_first_token"]  # counted by the scheduler: no thread wake-up latency in it
     chunks = -(-stream.stats["prompt_tokens"] // 32)
     assert stream.stats["prompt_tokens"] > 64  # several chunks
-    assert waited <= 1 + chunks + 1, (waited, chunks)  # the step under way, its chunks, the first token's step
+    assert 1 <= waited <= 1 + chunks, (waited, chunks)  # the step under way, then its chunks (the last gives the token)
     rest = "".join(stream)
     assert rest is not None and stream.stats["new_tokens"] >= 1
     for _ in images:  # the image batch was not disturbed
