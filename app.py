@@ -280,6 +280,14 @@ def to_janus_messages(history: list[dict]) -> list[dict]:
     return messages
 
 
+def refuse(message: str, outputs: int):
+    """A UI handler's refusal: a toast, and every output left as it is. Raised as gr.Error instead,
+    Gradio would lay an "Error" badge over each output (the conversation, the input box); the
+    handler chained after it finds no run armed and does nothing."""
+    gr.Warning(message)
+    return (gr.skip(),) * outputs if outputs > 1 else gr.skip()
+
+
 def _answering_box(**update) -> gr.MultimodalTextbox:
     """The chat input while an answer is written: closed for typing, its stop button in place of send."""
     return gr.MultimodalTextbox(interactive=False, submit_btn=False, stop_btn=True, **update)
@@ -403,14 +411,14 @@ class Studio:
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text and not files:
-            raise user_error("Type a question or attach an image.")
+            return refuse("Type a question or attach an image.", 2)
         for path in files:  # reject a broken upload now, before it enters the history
             try:
                 self.pipe.prepare_images([path])  # decoded once: the answer reuses these pixels
             except JanusError as e:  # name the upload as the user knows it, not by its server path
-                raise user_error(hide_paths(str(e))) from None
+                return refuse(hide_paths(str(e)), 2)
         if not self.chat_stops.arm(request):
-            raise user_error("An answer is still being written: wait for it, or press Stop.")
+            return refuse("An answer is still being written: wait for it, or press Stop.", 2)
         turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
         return history + [turn], _answering_box(value=None)
 
@@ -419,7 +427,8 @@ class Studio:
         (done, stopped while queued, or an error: then the question stays for Retry / Undo)."""
         enable = gr.MultimodalTextbox(interactive=True, submit_btn=True, stop_btn=False)
         with self.chat_stops.run(request) as stop:
-            if stop is None:  # an answer of this session is still being written; it re-enables the box
+            if stop is None:  # refused, or an answer of this session is still being written (it re-enables the box)
+                yield gr.skip(), gr.skip(), gr.skip()  # a generator that yields nothing would clear the outputs
                 return
             if stop.is_set() or not history:  # stopped while still queued
                 yield gr.skip(), gr.skip(), enable
@@ -444,7 +453,7 @@ class Studio:
         """Answer the last question again: with a new seed when sampling (a greedy answer is the
         same every time, as the temperature slider says)."""
         if not self.chat_stops.arm(request):
-            raise user_error("An answer is still being written: wait for it, or press Stop.")
+            return refuse("An answer is still being written: wait for it, or press Stop.", 3)
         before, turn = _split_last_user_turn(history)
         if temperature and temperature > 0:
             seed = random.randint(0, MAX_SEED)
@@ -539,7 +548,7 @@ class Studio:
         """Generate was pressed: arm the stop flag and disable Generate until the run is over; refused
         while this session's run is queued or going (Enter in the prompt box), so none piles up."""
         if not self.image_stops.arm(request):
-            raise user_error("An image run is already going: wait for it, or press Stop.")
+            return refuse("An image run is already going: wait for it, or press Stop.", 1)
         return gr.Button(interactive=False)
 
     def generate_ui(self, prompt, negative_prompt, seed, randomize_seed, cfg_weight, temperature, num_images, size,
@@ -548,7 +557,8 @@ class Studio:
         Earlier results stay until new ones replace them; Generate is enabled again however the run ends."""
         enable = gr.Button(interactive=True)
         with self.image_stops.run(request) as stop:
-            if stop is None:  # cannot happen from the page (arm_images refuses); a replayed request
+            if stop is None:  # refused by arm_images (a run is going), or a replayed request
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()  # yielding nothing would clear them
                 return
             if stop.is_set():  # stopped while still queued
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), enable
