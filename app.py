@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
+from gradio import utils as gr_utils
+from starlette.middleware import Middleware
 
 from janus_ov import (
     DEFAULT_MODEL,
@@ -39,6 +42,7 @@ from janus_ov import (
     tiny_demo_checkpoint,
     upscale,
 )
+from janus_ov.web import Guard
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_SEED = 2**31 - 1
@@ -239,19 +243,52 @@ def readable_errors():
         raise user_error(hide_paths(str(e))) from None
 
 
+def conversation(history) -> list[dict]:
+    """The Chatbot's value, as our UI writes it: user and assistant messages of text and uploaded files.
+    The chat events take it unpreprocessed (preprocess=False) and check it here, because the value comes
+    from the client: Gradio's own preprocessing builds a component for a "component" message, which
+    copies any file it names (the app's source, another visitor's download) into the servable cache."""
+    if not isinstance(history, list) or not all(
+            isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), list)
+            for m in history):
+        raise user_error("The conversation is not a list of user and assistant messages; press Clear.")
+    for part in (part for message in history for part in message["content"]):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        path = (part.get("file") or {}).get("path") if kind == "file" else None
+        if not (isinstance(path, str) and gr_utils.is_in_or_equal(path, gr_utils.get_upload_folder())):
+            raise user_error(f"The conversation holds a {kind or 'malformed'} message this app never writes "
+                             "(only text and uploaded images); press Clear and start again.")
+    return history
+
+
+# Code spans and fenced blocks (an unclosed fence runs to the end, as markdown renders it while streaming).
+_CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)
+
+
+def shown(text: str) -> str:
+    """Chat text as the Chatbot gets it: markdown whose HTML shows as typed. Gradio's sanitizer stops
+    scripts but renders the rest (tags, forms, remote images), so a question or an answer containing
+    `<b>` or `<img src=...>` would become markup. Code is left alone: markdown shows it verbatim."""
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;") for i, p in enumerate(parts))
+
+
+def typed(text: str) -> str:
+    """The exact inverse of `shown`: the text the person typed or the model wrote."""
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else p.replace("&lt;", "<").replace("&amp;", "&") for i, p in enumerate(parts))
+
+
 def _text_and_images(message: dict) -> tuple[str, list[str]]:
-    """(text, image paths) of one Chatbot message in Gradio's normalized form."""
-    content = message["content"]
+    """(text as typed, image paths) of one checked conversation message (see `conversation`)."""
     texts, images = [], []
-    for part in content if isinstance(content, list) else [content]:
-        if isinstance(part, str):
-            texts.append(part)
-        elif part.get("type") == "text":
-            texts.append(part["text"])
-        elif part.get("type") == "file":
+    for part in message["content"]:
+        if part["type"] == "text":
+            texts.append(typed(part["text"]))
+        else:
             images.append(part["file"]["path"])
-        elif "path" in part:
-            images.append(part["path"])
     return "\n".join(t for t in texts if t), images
 
 
@@ -408,6 +445,7 @@ class Studio:
         self._record(request, stream.stats)
 
     def add_user_turn(self, message: dict, history: list, request: gr.Request):
+        history = conversation(history)
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text and not files:
@@ -419,7 +457,7 @@ class Studio:
                 return refuse(hide_paths(str(e)), 2)
         if not self.chat_stops.arm(request):
             return refuse("An answer is still being written: wait for it, or press Stop.", 2)
-        turn = {"role": "user", "content": [{"path": f} for f in files] + [text]}
+        turn = {"role": "user", "content": [{"path": f} for f in files] + [shown(text)]}
         return history + [turn], _answering_box(value=None)
 
     def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, request: gr.Request):
@@ -433,18 +471,18 @@ class Studio:
             if stop.is_set() or not history:  # stopped while still queued
                 yield gr.skip(), gr.skip(), enable
                 return
-            messages = to_janus_messages(history)
+            messages = to_janus_messages(conversation(history))
             answering = history + [{"role": "assistant", "content": ""}]
             try:
                 for answer in self._answer(messages, temperature, top_p, max_new_tokens, seed, stop, request):
-                    answering[-1]["content"] = answer
+                    answering[-1]["content"] = shown(answer)
                     yield answering, gr.skip(), gr.skip()
             except Exception as error:
                 # Said in a toast and in the conversation, where Retry and Undo are. Not raised: Gradio
                 # would lay an error badge over the chat and its buttons.
                 reason = _reason(error)
                 gr.Warning(reason)
-                failed = {"role": "assistant", "content": reason, "metadata": {"title": FAILED_TITLE}}
+                failed = {"role": "assistant", "content": shown(reason), "metadata": {"title": FAILED_TITLE}}
                 yield (answering if answering[-1]["content"] else history) + [failed], gr.skip(), enable
                 return
             yield answering, self.footer(request), enable
@@ -452,9 +490,9 @@ class Studio:
     def retry(self, history: list, temperature, seed, request: gr.Request):
         """Answer the last question again: with a new seed when sampling (a greedy answer is the
         same every time, as the temperature slider says)."""
+        before, turn = _split_last_user_turn(conversation(history))  # checked before a run is armed
         if not self.chat_stops.arm(request):
             return refuse("An answer is still being written: wait for it, or press Stop.", 3)
-        before, turn = _split_last_user_turn(history)
         if temperature and temperature > 0:
             seed = random.randint(0, MAX_SEED)
         return before + [m for m in turn if m["role"] == "user"], _answering_box(), seed
@@ -475,7 +513,7 @@ class Studio:
         return {"text": value.get("text", ""), "files": files}
 
     def undo(self, history: list):
-        before, turn = _split_last_user_turn(history)
+        before, turn = _split_last_user_turn(conversation(history))
         texts, files = [], []
         for message in turn:
             if message["role"] == "user":
@@ -660,19 +698,20 @@ def chat_tab(studio: Studio) -> dict:
 def wire_chat(studio: Studio, ui: dict, footer):
     params = [ui["temperature"], ui["top_p"], ui["max_new_tokens"], ui["seed"]]
     private = {"api_visibility": "private"}
+    raw = {**private, "preprocess": False}  # for every event that takes the conversation: see `conversation`
 
     def answer(event):
         return event.success(studio.bot_turn, [ui["chatbot"]] + params, [ui["chatbot"], footer, ui["message"]],
-                             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", **private)
+                             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", **raw)
 
     # Queued, so that a refused upload's message reaches the page (an unqueued gr.Error is a bare
     # HTTP 500), and one at a time: decoding a large upload takes memory, several at once more.
     answer(ui["message"].submit(studio.add_user_turn, [ui["message"], ui["chatbot"]], [ui["chatbot"], ui["message"]],
-                                concurrency_limit=1, concurrency_id="uploads", **private))
+                                concurrency_limit=1, concurrency_id="uploads", **raw))
     answer(ui["chatbot"].retry(studio.retry, [ui["chatbot"], ui["temperature"], ui["seed"]],
                                [ui["chatbot"], ui["message"], ui["seed"]], concurrency_limit=None,
-                               concurrency_id="arm", **private))
-    ui["chatbot"].undo(studio.undo, ui["chatbot"], [ui["chatbot"], ui["message"]], queue=False, **private)
+                               concurrency_id="arm", **raw))
+    ui["chatbot"].undo(studio.undo, ui["chatbot"], [ui["chatbot"], ui["message"]], queue=False, **raw)
     ui["chatbot"].clear(lambda: [], None, ui["chatbot"], queue=False, **private)
     ui["message"].stop(studio.chat_stops.stop, None, None, queue=False, **private)
     ui["capture"].input(studio.attach, [ui["capture"], ui["message"]], [ui["message"], ui["capture"]], queue=False,
@@ -759,8 +798,12 @@ def main(argv=None) -> int:
     started = time.strftime("%H:%M:%S")
     print(f"[{started}] Model ready; starting the web server.", flush=True)
     auth = LoginGuard(*args.auth) if args.auth else None
+    # A stop request (docker, a Space, kill) ends the server like Ctrl+C: Gradio closes it and
+    # the atexit clean-ups run (a bare SIGTERM skips them and leaves the downloads folder behind).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(server_name=args.server_name, server_port=args.port, share=args.share, auth=auth,
-                max_file_size=args.max_file_size, show_error=True, css=CSS, js=FOCUS_JS, theme=gr.themes.Soft())
+                max_file_size=args.max_file_size, show_error=True, css=CSS, js=FOCUS_JS, theme=gr.themes.Soft(),
+                app_kwargs={"middleware": [Middleware(Guard)]})
     return 0
 
 

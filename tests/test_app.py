@@ -36,12 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(cache_dir: Path, log_path: Path, *extra: str):
-    """Launch app.py in tiny-demo mode; return (process, url) once it answers HTTP."""
+def start_app(cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None):
+    """Launch app.py in tiny-demo mode (`env`: extra environment); return (process, url) once it answers HTTP."""
     port = free_port()
     cmd = [sys.executable, str(REPO / "app.py"), "--tiny-demo", "--cache-dir", str(cache_dir), "--port", str(port),
            "--server-name", "127.0.0.1", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           **(env or {})}
     for name in ("JANUS_AUTH", "JANUS_SHARE", "JANUS_MODEL", "JANUS_WEIGHTS"):  # the flags decide, not the caller's env
         env.pop(name, None)
     log = open(log_path, "w")

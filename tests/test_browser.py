@@ -361,3 +361,71 @@ def test_chat_examples_webcam_help_and_the_inputs_own_stop_button(browser, serve
     assert tokens < longest, footer  # stopped before the end
     keep(page, artifacts_dir, "chat-stopped-from-the-input")
     page.context.close()
+
+
+def test_chat_text_shows_html_as_typed_and_loads_nothing_from_elsewhere(browser, server, artifacts_dir):
+    """Markup in a question (or an answer: both go through app.shown) is shown as typed, never
+    rendered; a markdown image naming another host is not fetched (the page's image policy)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    elsewhere = f"http://127.0.0.1:{http.server_address[1]}"
+    text = (f'<img src="{elsewhere}/tag.png" onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+            f'<b id="injected">bold</b> <a id="jslink" href="javascript:window.__pwned=3">link</a> '
+            f'![pixel]({elsewhere}/pixel.png) `<i>code</i>` & done')
+    expect = playwright_api.expect
+    page = open_page(browser, server)
+    set_max_new_tokens(page, 4)
+    ask(page, text)
+    user = page.locator("#chatbot [data-testid=user]").last
+    expect(user).to_contain_text('<b id="injected">bold</b>')  # the tags as text
+    expect(user).to_contain_text("<i>code</i>")
+    for injected in ("#injected", "#jslink", "#chatbot script", f"#chatbot img[src^='{elsewhere}/tag']"):
+        expect(page.locator(injected)).to_have_count(0)
+    page.locator("#chatbot img[alt=pixel]").first.click()  # give the markdown image every chance to load
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__pwned") is None
+    assert hits == [], f"the page fetched {hits} from another host"
+    keep(page, artifacts_dir, "chat-html-as-text")
+    # Undo gives back exactly what was typed (the escaping is invisible to the person and the model).
+    page.locator("#chatbot button[aria-label=Undo]").last.click()
+    expect(page.locator("#chat-input textarea")).to_have_value(text)
+    page.context.close()
+    http.shutdown()
+
+
+def test_with_a_login_the_page_asks_for_it_then_works(browser, tmp_path_factory, artifacts_dir):
+    """The login guard in front of every route lets the login page and, after it, the app through."""
+    proc, url = start_app(shared_cache(tmp_path_factory), artifacts_dir / "test_browser.auth.server.log",
+                          "--auth", "ann:s3cret")
+    try:
+        page = browser.new_context(viewport=DESKTOP).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        for password in ("wrong", "s3cret"):  # a failed login clears the form: fill both fields each time
+            page.locator("input").first.fill("ann")
+            page.fill("input[type=password]", password)
+            page.keyboard.press("Enter")
+            if password == "wrong":
+                toast(page, "Incorrect")
+        page.wait_for_selector("#chat-input textarea")
+        set_max_new_tokens(page, 4)
+        ask(page, "Hello")
+        playwright_api.expect(page.locator("#chatbot [data-testid=bot]")).to_have_count(1)
+        keep(page, artifacts_dir, "login-then-chat")
+        page.context.close()
+    finally:
+        stop_app(proc)
