@@ -135,6 +135,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest upload accepted [env JANUS_MAX_FILE_SIZE]")
     p.add_argument("--queue-size", default=env("JANUS_QUEUE_SIZE", "20"),
                    help="most requests waiting in the queue [env JANUS_QUEUE_SIZE]")
+    p.add_argument("--api-key", default=env("JANUS_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on the OpenAI-compatible API under /v1 [env JANUS_API_KEY]")
+    p.add_argument("--allow-image-urls", action="store_true", default=_env_flag("JANUS_ALLOW_IMAGE_URLS"),
+                   help="let the API fetch http(s) image_url parts (size- and time-limited; off: data: URLs and "
+                   "this server's own files only) [env JANUS_ALLOW_IMAGE_URLS=1]")
     p.add_argument("--tiny-demo", action="store_true", default=_env_flag("JANUS_TINY_DEMO"),
                    help="serve a tiny random-weight model built offline (outputs are noise) [env JANUS_TINY_DEMO=1]")
     args = p.parse_args(argv)
@@ -784,6 +789,16 @@ def wire_images(studio: Studio, ui: dict, footer):
 # ---------------------------------------------------------------------------------------------
 
 
+def openai_api(studio: Studio):
+    """The OpenAI-compatible API on the UI's port, over the same pipeline (so its requests batch with
+    the UI's); image_url may name the UI's uploads."""
+    from janus_ov.openai_api import create_api
+
+    a = studio.args
+    return create_api(studio.pipe, studio.pipe.source, api_key=a.api_key, allow_image_urls=a.allow_image_urls,
+                      max_images=a.max_images, upload_folder=Path(gr_utils.get_upload_folder()))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -793,7 +808,8 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    demo = build_ui(Studio(pipe, args))
+    studio = Studio(pipe, args)
+    demo = build_ui(studio)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     started = time.strftime("%H:%M:%S")
     print(f"[{started}] Model ready; starting the web server.", flush=True)
@@ -803,7 +819,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(server_name=args.server_name, server_port=args.port, share=args.share, auth=auth,
                 max_file_size=args.max_file_size, show_error=True, css=CSS, js=FOCUS_JS, theme=gr.themes.Soft(),
-                app_kwargs={"middleware": [Middleware(Guard)]})
+                app_kwargs={"middleware": [Middleware(Guard, api=openai_api(studio), api_key=bool(args.api_key))]})
     return 0
 
 

@@ -59,11 +59,12 @@ class JanusPipeline:
         self.source = _model_name(str(manifest.get("source", self.model_dir)))  # what it was converted from
         if self.weights == "fp32":  # asked for full precision: no bf16 arithmetic on CPUs that have it
             ov_config = {"INFERENCE_PRECISION_HINT": "f32", **(ov_config or {})}
+        # Checked before compiling: a bad setting is refused before any work (and any OpenVINO thread).
+        self._scheduler_args = (check_int("kv_cache_tokens", kv_cache_tokens, self.info.num_image_tokens * 4, 1 << 22),
+                                check_int("prefill_chunk", prefill_chunk, 1, 1 << 16))
         self.runtime = Runtime(self.model_dir, device, ov_config, compile_cache_dir, max_concurrency)
         self._pixels = PixelCache(self.info)  # a conversation's images are decoded once, not every turn
         self.batching = batching
-        self._scheduler_args = (check_int("kv_cache_tokens", kv_cache_tokens, self.info.num_image_tokens * 4, 1 << 22),
-                                check_int("prefill_chunk", prefill_chunk, 1, 1 << 16))
         self._scheduler, self._scheduler_lock = None, threading.Lock()
 
     @property
@@ -110,29 +111,30 @@ class JanusPipeline:
     # ------------------------------------------------------------------------------------------ chat
 
     def chat_stream(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
-                    seed: int | None = None, stop_event=None) -> ChatStream:
+                    seed: int | None = None, stop_event=None, system_prompt: str | None = None) -> ChatStream:
         """Answer the last user turn: a ChatStream of text pieces (never a split UTF-8 character)
         whose `.stats` are this request's own once it is exhausted.
 
         messages: [{"role": "user"|"assistant", "content": str, "images": [path|bytes|PIL|array, ...]}, ...]
         Context policy: when prompt + max_new_tokens exceeds the context window the oldest whole
         exchanges are dropped; if the last user turn alone does not fit, InvalidInputError.
+        `system_prompt` replaces the checkpoint's own ("" for none).
         Input is checked here, at call time; generation runs as the stream is consumed.
         """
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, int(self.info.max_position_embeddings))
         sampler = TokenSampler(self.info.vocab_size, check_number("temperature", temperature, 0.0, MAX_TEMPERATURE),
                                check_number("top_p", top_p, 0.0, 1.0, low_open=True), check_seed(seed))
         t0 = time.perf_counter()
-        input_ids, pixel_values = self._chat_inputs(messages, max_new_tokens)
+        input_ids, pixel_values = self._chat_inputs(messages, max_new_tokens, system_prompt)
         stats = {"task": "chat", "seed": sampler.seed, "images": 0 if pixel_values is None else len(pixel_values),
                  "preprocess_s": time.perf_counter() - t0}
         prompt = KeyedPrompt.of(self.info, input_ids, pixel_values)  # what the prefix caches are matched on
         return ChatStream(self._chat_pieces(prompt, pixel_values, sampler, max_new_tokens, stop_event, stats), stats)
 
     def chat(self, messages, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None, stop_event=None) -> ChatResult:
+             seed: int | None = None, stop_event=None, system_prompt: str | None = None) -> ChatResult:
         """The whole answer at once, a str with `.stats` (same arguments as chat_stream)."""
-        return self.chat_stream(messages, max_new_tokens, temperature, top_p, seed, stop_event).result()
+        return self.chat_stream(messages, max_new_tokens, temperature, top_p, seed, stop_event, system_prompt).result()
 
     def prepare_images(self, sources) -> None:
         """Check images now and keep their pixels for the chat turns that use them (an app checks
@@ -141,12 +143,12 @@ class JanusPipeline:
         for src in sources:
             self._pixels.get(src)
 
-    def _chat_inputs(self, messages, max_new_tokens: int):
+    def _chat_inputs(self, messages, max_new_tokens: int, system: str | None = None):
         """(input_ids i64 [T], pixel_values f32 [N,3,S,S] or None) of a conversation, after the context policy."""
-        messages = fit_conversation(messages, self.info, self.tokenizer, max_new_tokens)  # the one validation
+        messages = fit_conversation(messages, self.info, self.tokenizer, max_new_tokens, system)  # the one validation
         sources = [src for m in messages for src in m["images"]]
         pixel_values = self._pixels.get_many(sources) if sources else None
-        input_ids = self.tokenizer.encode_chat(render(messages, self.info), num_images=len(sources))
+        input_ids = self.tokenizer.encode_chat(render(messages, self.info, system), num_images=len(sources))
         return input_ids, pixel_values
 
     def _chat_pieces(self, prompt, pixel_values, sampler, max_new_tokens, stop_event, stats) -> Iterator[str]:

@@ -121,15 +121,28 @@ def chat_prompt(messages, info) -> str:
     return render(validate_messages(messages), info)
 
 
-def render(messages: list[dict], info) -> str:
-    """chat_prompt for messages validate_messages (or fit_conversation) already returned."""
-    return "".join(_prompt_parts(messages, info))
+def render(messages: list[dict], info, system: str | None = None) -> str:
+    """chat_prompt for messages validate_messages (or fit_conversation) already returned; `system`
+    replaces the checkpoint's own system prompt ("" for none)."""
+    return "".join(_prompt_parts(messages, info, system))
 
 
-def _prompt_parts(messages: list[dict], info) -> list[str]:
+def system_prompt(info, system: str | None) -> str:
+    """The system prompt a conversation starts with: the checkpoint's own, or the caller's (checked)."""
+    if system is None:
+        return info.system_prompt
+    system = check_text("the system prompt", system).strip()
+    for tag in _RESERVED:
+        if tag in system:
+            raise InvalidInputError(f"the system prompt contains the reserved text {tag!r}")
+    return system
+
+
+def _prompt_parts(messages: list[dict], info, system: str | None = None) -> list[str]:
     """The prompt's pieces, for validated messages: [system], one per message, the assistant tag."""
     user, assistant = _roles(info)
-    parts = [f"{info.system_prompt}\n\n"] if info.system_prompt else []
+    system = system_prompt(info, system)
+    parts = [f"{system}\n\n"] if system else []
     for m in messages:
         if m["role"] == "user":
             parts.append(f"{user}: {_user_body(m['content'], len(m['images']))}\n\n")
@@ -157,7 +170,7 @@ def collect_images(messages) -> list:
     return [img for m in validate_messages(messages) for img in m["images"]]
 
 
-def fit_conversation(messages, info, tokenizer, max_new_tokens: int) -> list[dict]:
+def fit_conversation(messages, info, tokenizer, max_new_tokens: int, system: str | None = None) -> list[dict]:
     """Context-window policy: drop the oldest whole exchanges (user turn + its answer) until
     prompt + max_new_tokens fits in info.max_position_embeddings. The system prompt and the last user
     turn are always kept; if they alone do not fit, raise InvalidInputError saying by how much.
@@ -170,8 +183,8 @@ def fit_conversation(messages, info, tokenizer, max_new_tokens: int) -> list[dic
         raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     messages = validate_messages(messages)
     limit = int(info.max_position_embeddings) - max_new_tokens
-    parts = _prompt_parts(messages, info)
-    head = 1 if info.system_prompt else 0  # parts[head + i] is messages[i]
+    parts = _prompt_parts(messages, info, system)
+    head = 1 if system_prompt(info, system) else 0  # parts[head + i] is messages[i]
     counts = tokenizer.count_pieces(parts)
     fixed = 1 + sum(counts[:head]) + counts[-1]  # BOS, system prompt, assistant tag
     suffix = [0] * (len(messages) + 1)  # suffix[i]: tokens of messages[i:]

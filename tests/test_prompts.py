@@ -216,3 +216,18 @@ def test_fit_conversation_last_turn_too_long(ref, tok):
 def test_fit_conversation_rejects_bad_max_new_tokens(ref, tok, bad):
     with pytest.raises(InvalidInputError, match="max_new_tokens must be a positive integer"):
         prompts.fit_conversation(PRO_CASES["text_only"], ref[1], tok, max_new_tokens=bad)
+
+
+def test_a_callers_system_prompt_takes_the_checkpoints_place(ref):
+    """As DeepSeek's conversation templates do (set_system_message): "{system}\\n\\n" before the first turn,
+    in both styles; "" leaves no system prompt. (transformers' Janus template instead writes a system
+    message as "System: ...<eos>"; the models were trained on DeepSeek's format.)"""
+    _, info = ref
+    one = prompts.validate_messages(PRO_CASES["one_image"])
+    for style in ("pro", "legacy"):
+        styled = dataclasses.replace(info, prompt_style=style)
+        default, custom = prompts.render(one, styled), prompts.render(one, styled, "Answer in French.")
+        assert custom == "Answer in French.\n\n" + default.removeprefix(info.system_prompt + "\n\n")
+        assert prompts.render(one, styled, "") == prompts.render(one, dataclasses.replace(styled, system_prompt=""))
+    with pytest.raises(InvalidInputError, match="system prompt"):
+        prompts.render(one, info, "see <image_placeholder>")

@@ -196,11 +196,18 @@ def test_with_a_login_every_route_refuses_a_visitor_without_a_session(locked):
         else:
             assert answer.status_code == 401, (method, path, answer.status_code, head[:200])
 
+    # The OpenAI-compatible API too: without --api-key it answers to the login session only.
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/images/generations"),
+                         ("GET", "/v1/files/x.png")):
+        answer = httpx.request(method, locked + path, json={}, timeout=30)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_api_key", (method, path)
+
     # With the session cookie of a login, the same server answers.
     with httpx.Client(base_url=locked, timeout=60) as client:
         login = client.post("/login", data={"username": "ann", "password": "s3cret"})
         assert login.status_code == 200
         assert client.get("/config").status_code == 200 and client.get("/gradio_api/info").status_code == 200
+        assert client.get("/v1/models").json()["data"][0]["id"] == "tiny-demo-checkpoint"
         # Lax cookies: a local server or a share link is the page itself (only a Space's iframe needs None).
         cookies = login.headers.get_list("set-cookie")
         assert cookies and all("samesite=lax" in c.lower() for c in cookies), cookies
