@@ -340,7 +340,7 @@ class _ImageSources:
     def _fetch(self, url: str, param: str) -> bytes:
         import httpx
 
-        data = bytearray()
+        data, deadline = bytearray(), time.monotonic() + FETCH_TIMEOUT_S  # in all: a slow drip is cut off too
         try:
             with httpx.stream("GET", url, timeout=FETCH_TIMEOUT_S, follow_redirects=True) as answer:
                 answer.raise_for_status()
@@ -348,6 +348,8 @@ class _ImageSources:
                     data += chunk
                     if len(data) > MAX_IMAGE_BYTES:
                         raise APIError(400, f"the image at {url} is over {MAX_IMAGE_BYTES // 2**20} MB.", param=param)
+                    if time.monotonic() > deadline:
+                        raise APIError(400, f"fetching {url} took over {FETCH_TIMEOUT_S:.0f} s.", param=param)
         except httpx.HTTPError as e:
             raise APIError(400, f"could not fetch {url}: {e}", param=param) from None
         return bytes(data)

@@ -327,11 +327,13 @@ def test_api_and_ui_requests_are_served_together(server, client, direct):
 
 @pytest.fixture(scope="module")
 def serve_only(app_cache, server, artifacts_dir):
-    """`python -m janus_ov serve` on the tiny demo's checkpoint, with the smallest KV pool (4 images' worth)."""
+    """`python -m janus_ov serve` on the tiny demo's checkpoint, with the smallest KV pool (4 images' worth),
+    allowed to fetch image URLs."""
     port = free_port()
     log = open(artifacts_dir / "test_openai_api.serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "janus_ov", "serve", "--model", str(app_cache / "tiny-demo-checkpoint"),
-                             "--cache-dir", str(app_cache), "--port", str(port), "--kv-cache-tokens", "2304"],
+                             "--cache-dir", str(app_cache), "--port", str(port), "--kv-cache-tokens", "2304",
+                             "--allow-image-urls"],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={"HF_HUB_OFFLINE": "1", **_env()})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -381,3 +383,53 @@ def test_a_full_queue_answers_503_and_the_rest_are_served(serve_only):
     assert busy[0].json()["error"]["code"] == "server_busy" and busy[0].headers["retry-after"]
     served = {a.json()["choices"][0]["message"]["content"] for a in answers if a.status_code == 200}
     assert served == {text[:text.find(text[3:5])]}  # greedy: each served request got the same, whole answer
+
+
+@pytest.fixture
+def image_host():
+    """A loopback web server: /shapes.png, /huge.png (over the size limit), /slow.png (drips for 30 s)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            try:
+                if self.path == "/shapes.png":
+                    self.wfile.write((ASSETS / "shapes.png").read_bytes())
+                elif self.path == "/huge.png":
+                    for _ in range(22):
+                        self.wfile.write(b"\0" * 2**20)
+                else:
+                    for _ in range(60):
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                        time.sleep(0.5)
+            except OSError:  # the server gave up on us: what the test wants
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{http.server_address[1]}"
+    http.shutdown()
+
+
+def test_with_allow_image_urls_a_url_is_fetched_within_limits(serve_only, image_host):
+    client = openai.OpenAI(base_url=f"{serve_only}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def about(url):
+        return ask(client, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                         {"type": "text", "text": "What is this?"}]}], max_tokens=6)
+
+    assert about(f"{image_host}/shapes.png").choices[0].message.content == about(SHAPES).choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="over 20 MB"):
+        about(f"{image_host}/huge.png")
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError, match="took over 10 s"):
+        about(f"{image_host}/slow.png")
+    assert time.monotonic() - started < 20
