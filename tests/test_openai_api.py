@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -325,28 +326,43 @@ def test_api_and_ui_requests_are_served_together(server, client, direct):
                                   seed=0).text
 
 
-@pytest.fixture(scope="module")
-def serve_only(app_cache, server, artifacts_dir):
-    """`python -m janus_ov serve` on the tiny demo's checkpoint, with the smallest KV pool (4 images' worth),
-    allowed to fetch image URLs."""
+def serve(app_cache, log_path, *extra: str):
+    """`python -m janus_ov serve` on the tiny demo's checkpoint; (process, url) once it answers."""
     port = free_port()
-    log = open(artifacts_dir / "test_openai_api.serve.log", "w")
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "janus_ov", "serve", "--model", str(app_cache / "tiny-demo-checkpoint"),
-                             "--cache-dir", str(app_cache), "--port", str(port), "--kv-cache-tokens", "2304",
-                             "--allow-image-urls"],
+                             "--cache-dir", str(app_cache), "--port", str(port), *extra],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={"HF_HUB_OFFLINE": "1", **_env()})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        assert proc.poll() is None, (artifacts_dir / "test_openai_api.serve.log").read_text()
+        assert proc.poll() is None, log_path.read_text()
         try:
             urllib.request.urlopen(f"{url}/v1/models", timeout=5)
-            break
+            return proc, url
         except OSError:
             time.sleep(1)
+    stop_app(proc)
+    pytest.fail(f"serve did not answer:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def serve_only(app_cache, server, artifacts_dir):
+    """The API alone with the smallest KV pool (4 images' worth), allowed to fetch image URLs."""
+    proc, url = serve(app_cache, artifacts_dir / "test_openai_api.serve.log", "--kv-cache-tokens", "2304",
+                      "--allow-image-urls")
     yield url
     stop_app(proc)
-    log.close()
+
+
+@pytest.fixture(scope="module")
+def serve_eight(app_cache, server, artifacts_dir):
+    """The API alone with the default pool, up to 8 images a request: (its process, url)."""
+    import psutil
+
+    proc, url = serve(app_cache, artifacts_dir / "test_openai_api.serve8.log", "--max-images", "8")
+    yield psutil.Process(proc.pid), url
+    stop_app(proc)
 
 
 def _env():
@@ -433,3 +449,21 @@ def test_with_allow_image_urls_a_url_is_fetched_within_limits(serve_only, image_
     with pytest.raises(openai.BadRequestError, match="took over 10 s"):
         about(f"{image_host}/slow.png")
     assert time.monotonic() - started < 20
+
+
+def test_a_client_that_goes_away_stops_its_work(serve_eight):
+    """An abandoned image request frees the server within a step (its CPU goes idle), as the UI's Stop
+    does. (A chat answer of the tiny model is over in a fraction of a second, too soon to watch.)"""
+    from test_cancel import wait_until_busy, wait_until_idle
+
+    server, url = serve_eight
+    wait_until_idle(server)
+    # Eight images take the tiny model seconds: ask, see the work start, hang up.
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL, "prompt": "fox", "n": 8}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_until_busy(server)
+    wait_until_idle(server, timeout=4.0)  # noticed between two steps; the run alone takes longer
+    assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
