@@ -262,7 +262,7 @@ def conversation(history) -> list[dict]:
         if kind == "text" and isinstance(part.get("text"), str):
             continue
         path = (part.get("file") or {}).get("path") if kind == "file" else None
-        if not (isinstance(path, str) and gr_utils.is_in_or_equal(path, gr_utils.get_upload_folder())):
+        if not _uploaded(path):
             raise user_error(f"The conversation holds a {kind or 'malformed'} message this app never writes "
                              "(only text and uploaded images); press Clear and start again.")
     return history
@@ -286,6 +286,11 @@ def typed(text: str) -> str:
     return "".join(p if i % 2 else p.replace("&lt;", "<").replace("&amp;", "&") for i, p in enumerate(parts))
 
 
+def _uploaded(path) -> bool:
+    """Whether `path` is a file in Gradio's cache of uploads and results (what a client may name)."""
+    return isinstance(path, str) and gr_utils.is_in_or_equal(path, gr_utils.get_upload_folder())
+
+
 def _text_and_images(message: dict) -> tuple[str, list[str]]:
     """(text as typed, image paths) of one checked conversation message (see `conversation`)."""
     texts, images = [], []
@@ -304,16 +309,38 @@ def _failed(message: dict) -> bool:
     return message.get("role") == "assistant" and (message.get("metadata") or {}).get("title") == FAILED_TITLE
 
 
+DRAW = re.compile(r"^\s*/(?:imagine|draw)\b\s*(.*)$", re.S)  # a chat message that asks for a drawing
+
+
+def drawing_prompt(text: str) -> str | None:
+    """The prompt of a "/imagine ..." or "/draw ..." message; None for a question."""
+    match = DRAW.match(text)
+    return match.group(1).strip() if match else None
+
+
 def to_janus_messages(history: list[dict]) -> list[dict]:
     """Chatbot history -> janus_ov messages; consecutive messages of one role become one turn. A question
-    that could not be answered (and the message saying so) is left out: the model never saw it."""
-    messages = []
+    that could not be answered (and the message saying so) is left out: the model never saw it.
+
+    Drawings: Janus's chat format carries images in user turns only, so an image the chat drew joins
+    the next question's turn, before that question's own uploads, exactly as if the person had
+    uploaded it with the question; the drawing request and the drawing's caption are left out (they are
+    not a question and an answer the model gave)."""
+    messages, drawn, after_request = [], [], False
     for i, message in enumerate(history):
         if message["role"] not in ("user", "assistant") or _failed(message):
             continue
         if message["role"] == "user" and any(_failed(m) for m in history[i + 1:i + 2]):
             continue
         text, images = _text_and_images(message)
+        if message["role"] == "user":
+            after_request = drawing_prompt(text) is not None
+            if after_request:
+                continue
+            images, drawn = drawn + images, []
+        elif after_request:  # the drawing: its images wait for the next question
+            drawn += images
+            continue
         if messages and messages[-1]["role"] == message["role"]:
             messages[-1]["content"] = "\n".join(t for t in (messages[-1]["content"], text) if t)
             messages[-1]["images"] += images
@@ -449,12 +476,17 @@ class Studio:
                     stream.close()
         self._record(request, stream.stats)
 
-    def add_user_turn(self, message: dict, history: list, request: gr.Request):
+    def add_user_turn(self, message: dict, history: list, draw: bool, request: gr.Request):
         history = conversation(history)
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text and not files:
             return refuse("Type a question or attach an image.", 2)
+        if draw and drawing_prompt(text) is None:  # Draw mode: the message is a prompt, said as one
+            text = f"/imagine {text}"
+        if drawing_prompt(text) is not None and (files or not drawing_prompt(text)):
+            return refuse("A drawing takes a text prompt only: describe the image after /imagine, without "
+                          "attachments (to ask about an image, turn Draw off).", 2)
         for path in files:  # reject a broken upload now, before it enters the history
             try:
                 self.pipe.prepare_images([path])  # decoded once: the answer reuses these pixels
@@ -465,9 +497,11 @@ class Studio:
         turn = {"role": "user", "content": [{"path": f} for f in files] + [shown(text)]}
         return history + [turn], _answering_box(value=None)
 
-    def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, request: gr.Request):
+    def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, num_images, cfg_weight,
+                 image_temperature, image_seed, randomize_image_seed, negative_prompt, request: gr.Request):
         """Outputs: chatbot, footer, message box. The box is enabled again however the turn ends
-        (done, stopped while queued, or an error: then the question stays for Retry / Undo)."""
+        (done, stopped while queued, or an error: then the question stays for Retry / Undo).
+        A "/imagine ..." turn draws instead of answering (the image settings), see _draw."""
         enable = gr.MultimodalTextbox(interactive=True, submit_btn=True, stop_btn=False)
         with self.chat_stops.run(request) as stop:
             if stop is None:  # refused, or an answer of this session is still being written (it re-enables the box)
@@ -476,11 +510,19 @@ class Studio:
             if stop.is_set() or not history:  # stopped while still queued
                 yield gr.skip(), gr.skip(), enable
                 return
-            messages = to_janus_messages(conversation(history))
+            history = conversation(history)
+            prompt = drawing_prompt(_text_and_images(history[-1])[0])
             answering = history + [{"role": "assistant", "content": ""}]
             try:
-                for answer in self._answer(messages, temperature, top_p, max_new_tokens, seed, stop, request):
-                    answering[-1]["content"] = shown(answer)
+                if prompt is not None:
+                    image_seed = random.randint(0, MAX_SEED) if randomize_image_seed else _whole(image_seed, "seed")
+                    turns = self._draw(prompt, negative_prompt, image_seed, cfg_weight, image_temperature,
+                                       num_images, stop, request)
+                else:
+                    turns = ({"role": "assistant", "content": shown(answer)} for answer in self._answer(
+                        to_janus_messages(history), temperature, top_p, max_new_tokens, seed, stop, request))
+                for turn in turns:
+                    answering[-1] = turn
                     yield answering, gr.skip(), gr.skip()
             except Exception as error:
                 # Said in a toast and in the conversation, where Retry and Undo are. Not raised: Gradio
@@ -488,9 +530,37 @@ class Studio:
                 reason = _reason(error)
                 gr.Warning(reason)
                 failed = {"role": "assistant", "content": shown(reason), "metadata": {"title": FAILED_TITLE}}
-                yield (answering if answering[-1]["content"] else history) + [failed], gr.skip(), enable
+                yield (answering if answering[-1]["content"] and prompt is None else history) + [failed], \
+                    gr.skip(), enable
                 return
             yield answering, self.footer(request), enable
+
+    def _draw(self, prompt, negative_prompt, seed, cfg_weight, temperature, num_images, stop, request):
+        """A drawing as the assistant's turn: how far it is and the forming image while it runs, then
+        the images with their seed (to reproduce them in the Text-to-image tab)."""
+        state = {"text": "Starting…"}
+
+        def progress(value, desc="", unit=""):
+            step, total = value if isinstance(value, tuple) else (0, 0)
+            state["text"] = f"{desc}: {step} of {total} {unit}" if total else desc
+
+        folder = self.downloads / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        preview = None
+        for i, out in enumerate(self._images(prompt, negative_prompt, seed, cfg_weight, temperature, num_images, 384,
+                                             stop, progress, request)):
+            if isinstance(out, list):
+                if not out:
+                    yield {"role": "assistant", "content": "Drawing stopped."}
+                    return
+                caption = f"{len(out)} image{'s' if len(out) > 1 else ''} of “{shown(prompt)}” · seed {seed}"
+                yield {"role": "assistant", "content": [{"path": str(p)} for p in out] + [caption]}
+                return
+            if out is not None:  # a new preview: a new file, so the browser shows it
+                preview = folder / f"preview-{i}.png"
+                out.save(preview)
+            content = [{"path": str(preview)}] if preview else []
+            yield {"role": "assistant", "content": content + [f"Drawing… {state['text']}"]}
 
     def retry(self, history: list, temperature, seed, request: gr.Request):
         """Answer the last question again: with a new seed when sampling (a greedy answer is the
@@ -516,6 +586,14 @@ class Studio:
         value = event.value or {}
         files = [f if isinstance(f, str) else f.get("path") for f in value.get("files", [])]
         return {"text": value.get("text", ""), "files": files}
+
+    @staticmethod
+    def draw_this(history: list):
+        """The last answer (or, before any, the last question) as the prompt of a drawing, to send or edit."""
+        messages = [m for m in to_janus_messages(conversation(history)) if m["content"].strip()]
+        if not messages:
+            return refuse("Nothing to draw yet: ask something first, or type a prompt with Draw on.", 2)
+        return {"text": messages[-1]["content"].strip()[:1000], "files": []}, True
 
     def undo(self, history: list):
         before, turn = _split_last_user_turn(conversation(history))
@@ -654,7 +732,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     "running on your CPU with OpenVINO.")
         if args.tiny_demo:
             gr.Markdown(TINY_NOTICE, elem_id="notice")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab(studio)
             with gr.Tab("Text to image", id="images"):
@@ -662,6 +740,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         footer = gr.Markdown(studio.footer(), elem_id="footer")
         wire_chat(studio, chat, footer)
         wire_images(studio, images, footer)
+        wire_send_to_chat(images, chat, tabs)
         demo.load(studio.footer, None, footer, api_visibility="private", queue=False)
         demo.unload(studio.forget)
     return demo
@@ -673,9 +752,14 @@ def chat_tab(studio: Studio) -> dict:
     ui["chatbot"] = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy", "copy_all"],
                               placeholder="Attach one or more images (📎, or paste one) and ask about them, or just chat.",
                               examples=CHAT_EXAMPLES)
-    ui["message"] = gr.MultimodalTextbox(placeholder="Ask about the attached images…", file_count="multiple",
-                                        file_types=["image"], show_label=False, elem_id="chat-input",
-                                        sources=["upload"])
+    ui["message"] = gr.MultimodalTextbox(placeholder="Ask about the attached images… or /imagine a picture",
+                                        file_count="multiple", file_types=["image"], show_label=False,
+                                        elem_id="chat-input", sources=["upload"])
+    with gr.Row(elem_id="chat-draw-row"):
+        ui["draw"] = gr.Checkbox(False, label="Draw: my message is an image prompt", elem_id="chat-draw",
+                                 info="Or start a message with /imagine (or /draw). Ask about a drawing next: "
+                                 "the model sees it.")
+        ui["draw_this"] = gr.Button("Draw the last answer", size="sm", elem_id="chat-draw-this")
     with gr.Accordion("Camera or clipboard", open=False, elem_id="chat-capture-panel"):
         ui["capture"] = gr.Image(sources=["webcam", "clipboard"], type="filepath", elem_id="chat-capture",
                                  label="Take a photo or paste an image: it is attached to your message")
@@ -690,6 +774,18 @@ def chat_tab(studio: Studio) -> dict:
                                             elem_id="chat-max-new-tokens")
             ui["seed"] = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                    elem_id="chat-seed")
+        gr.Markdown("**Drawing** (/imagine)")
+        with gr.Row():
+            max_images = studio.args.max_images
+            ui["num_images"] = gr.Slider(1, max_images, value=1, step=1, label="Number of images",
+                                        elem_id="chat-num-images")
+            ui["cfg_weight"] = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG weight", info=CFG_INFO)
+            ui["image_temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Image temperature",
+                                                info=IMAGE_TEMPERATURE_INFO)
+            with gr.Column():
+                ui["image_seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Image seed")
+                ui["randomize_image_seed"] = gr.Checkbox(True, label="Randomize image seed")
+        ui["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1, placeholder="What to avoid (optional)")
     # API-only inputs/outputs: plain types for gradio_client (see README).
     with gr.Group(visible=False):
         ui["api_message"] = gr.Textbox(label="message")
@@ -702,16 +798,19 @@ def chat_tab(studio: Studio) -> dict:
 
 def wire_chat(studio: Studio, ui: dict, footer):
     params = [ui["temperature"], ui["top_p"], ui["max_new_tokens"], ui["seed"]]
+    drawing = [ui["num_images"], ui["cfg_weight"], ui["image_temperature"], ui["image_seed"],
+               ui["randomize_image_seed"], ui["negative_prompt"]]
     private = {"api_visibility": "private"}
     raw = {**private, "preprocess": False}  # for every event that takes the conversation: see `conversation`
 
     def answer(event):
-        return event.success(studio.bot_turn, [ui["chatbot"]] + params, [ui["chatbot"], footer, ui["message"]],
+        return event.success(studio.bot_turn, [ui["chatbot"]] + params + drawing, [ui["chatbot"], footer, ui["message"]],
                              concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", **raw)
 
     # Queued, so that a refused upload's message reaches the page (an unqueued gr.Error is a bare
     # HTTP 500), and one at a time: decoding a large upload takes memory, several at once more.
-    answer(ui["message"].submit(studio.add_user_turn, [ui["message"], ui["chatbot"]], [ui["chatbot"], ui["message"]],
+    answer(ui["message"].submit(studio.add_user_turn, [ui["message"], ui["chatbot"], ui["draw"]],
+                                [ui["chatbot"], ui["message"]],
                                 concurrency_limit=1, concurrency_id="uploads", **raw))
     answer(ui["chatbot"].retry(studio.retry, [ui["chatbot"], ui["temperature"], ui["seed"]],
                                [ui["chatbot"], ui["message"], ui["seed"]], concurrency_limit=None,
@@ -722,6 +821,8 @@ def wire_chat(studio: Studio, ui: dict, footer):
     ui["capture"].input(studio.attach, [ui["capture"], ui["message"]], [ui["message"], ui["capture"]], queue=False,
                         **private)
     ui["chatbot"].example_select(studio.example, None, ui["message"], queue=False, **private)
+    ui["draw_this"].click(studio.draw_this, ui["chatbot"], [ui["message"], ui["draw"]], concurrency_limit=None,
+                          concurrency_id="arm", **raw)
     ui["api_trigger"].click(studio.chat_api, [ui["api_message"], ui["api_images"], ui["api_history"]] + params,
                            ui["api_answer"], api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
                            concurrency_id="chat")
@@ -745,6 +846,9 @@ def images_tab(studio: Studio) -> dict:
                                     elem_id="t2i-preview", buttons=[])
             ui["gallery"] = gr.Gallery(label="Results", columns=2, format="png", elem_id="t2i-gallery",
                                       buttons=["download", "download_all", "fullscreen"], interactive=False)
+            ui["send"] = gr.Button("Send to chat (click an image first)", size="sm", elem_id="t2i-send",
+                                   interactive=False)
+            ui["selected"] = gr.State(None)  # the gallery image last clicked
         with gr.Column(elem_id="t2i-settings"):
             gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[ui["prompt"]], label="Prompt examples")
             with gr.Accordion("Parameters", open=True):
@@ -784,6 +888,23 @@ def wire_images(studio: Studio, ui: dict, footer):
     ui["stop"].click(studio.image_stops.stop, None, None, queue=False, api_visibility="private")
     ui["api_trigger"].click(studio.generate_api, inputs, [ui["gallery"], ui["seed"]], api_name="generate_images",
                            concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="images")
+
+
+def wire_send_to_chat(images: dict, chat: dict, tabs):
+    """A gallery image clicked, then "Send to chat": the Chat tab opens with it attached, to ask about."""
+    def select(event: gr.SelectData):
+        image = (event.value or {}).get("image") or {}
+        return image.get("path"), gr.Button(interactive=bool(image.get("path")))
+
+    def send(path):
+        if not _uploaded(path):  # the clicked value comes from the client: only a gallery file passes
+            return refuse("Click an image in the gallery first.", 3)
+        return {"text": "", "files": [path]}, gr.Checkbox(False), gr.Tabs(selected="chat")
+
+    images["gallery"].select(select, None, [images["selected"], images["send"]], queue=False,
+                             api_visibility="private")
+    images["send"].click(send, images["selected"], [chat["message"], chat["draw"], tabs], concurrency_limit=None,
+                         concurrency_id="arm", api_visibility="private")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -429,3 +429,74 @@ def test_with_a_login_the_page_asks_for_it_then_works(browser, tmp_path_factory,
         page.context.close()
     finally:
         stop_app(proc)
+
+
+def test_the_chat_draws_then_talks_about_the_drawing(browser, server, artifacts_dir):
+    """/imagine in the chat: the forming image and its progress in the answer's place, then the image;
+    a question about it is answered (the model sees it: test_chat_draws.py); Draw mode and Draw the
+    last answer; a stopped drawing leaves the chat usable."""
+    expect = playwright_api.expect
+    page = open_page(browser, server)
+    set_max_new_tokens(page, 6)
+    bots = page.locator("#chatbot [data-testid=bot]")
+    page.evaluate(WATCH_CHAT_RUNS)
+    page.fill("#chat-input textarea", "/imagine a lighthouse on a cliff at dusk")
+    page.click("#chat-input [data-testid=submit-button]")
+    drawings = page.locator("#chatbot [data-testid=bot] img")  # (an image and its text are two bubbles)
+    expect(bots.last).to_contain_text("Generating image tokens")  # progress, in the conversation
+    expect(drawings).to_have_count(1)  # the forming preview
+    keep(page, artifacts_dir, "chat-drawing-forms")
+    page.wait_for_function("() => window.__chatRuns >= 1", timeout=TIMEOUT_MS)
+    expect(bots.last).to_contain_text("a lighthouse on a cliff at dusk")  # the caption: prompt and seed
+    expect(bots.last).to_contain_text("seed")
+    expect(drawings).to_have_count(1)
+    drawings.first.evaluate("img => img.decode()")
+    assert drawings.first.evaluate("img => img.naturalWidth") == 384
+    answers_before = bots.count()
+    ask(page, "Is the light on?")
+    expect(bots).to_have_count(answers_before + 1)
+    assert bots.last.inner_text().strip()
+    keep(page, artifacts_dir, "chat-draws-then-talks")
+
+    # "Draw the last answer" makes it the next prompt, with Draw mode on; Draw mode adds /imagine.
+    page.click("#chat-draw-this")
+    expect(page.locator("#chat-draw input")).to_be_checked()
+    expect(page.locator("#chat-input textarea")).not_to_have_value("")
+    page.fill("#chat-num-images input[type=number]", "4")  # a longer drawing, to stop on the way
+    page.press("#chat-num-images input[type=number]", "Enter")
+    page.fill("#chat-input textarea", "a red fox in the snow")
+    page.click("#chat-input [data-testid=submit-button]")
+    expect(page.locator("#chatbot [data-testid=user]").last).to_have_text("/imagine a red fox in the snow")
+    expect(bots.last).to_contain_text("Generating image tokens")
+    page.locator("#chat-input button[aria-label=Stop]").click()  # stopped while drawing
+    expect(bots.last).to_contain_text("Drawing stopped")
+    expect(page.locator("#chat-input textarea")).to_be_enabled()
+    page.locator("#chat-draw input").uncheck()
+    answers_before = bots.count()
+    ask(page, "Hello again")
+    expect(bots).to_have_count(answers_before + 1)
+    keep(page, artifacts_dir, "chat-drawing-stopped")
+    page.context.close()
+
+
+def test_send_to_chat_from_the_gallery(browser, server, artifacts_dir):
+    expect = playwright_api.expect
+    page = open_page(browser, server)
+    page.get_by_role("tab", name="Text to image").click()
+    page.fill("#t2i-num-images input[type=number]", "1")
+    page.press("#t2i-num-images input[type=number]", "Enter")
+    page.fill("#t2i-prompt textarea", "A bowl of ramen")
+    page.click("#t2i-generate")
+    thumbnail = page.locator("#t2i-gallery .thumbnail-item img")
+    expect(thumbnail).to_have_count(1)
+    expect(page.locator("#t2i-send")).to_be_disabled()  # nothing chosen yet
+    thumbnail.first.click()
+    page.click("#t2i-send")
+    expect(page.locator("#chat-input textarea")).to_be_visible()  # the Chat tab is open ...
+    expect(page.locator("#chat-input img")).to_have_count(1)  # ... with the image attached
+    set_max_new_tokens(page, 4)
+    ask(page, "What is in this bowl?")
+    expect(page.locator("#chatbot [data-testid=user] img")).to_have_count(1)
+    expect(page.locator("#chatbot [data-testid=bot]")).to_have_count(1)
+    keep(page, artifacts_dir, "gallery-sent-to-chat")
+    page.context.close()
