@@ -452,6 +452,18 @@ def test_the_chat_draws_then_talks_about_the_drawing(browser, server, artifacts_
     expect(drawings).to_have_count(1)
     drawings.first.evaluate("img => img.decode()")
     assert drawings.first.evaluate("img => img.naturalWidth") == 384
+    # Retry draws again with a new seed (Randomize image seed is on); Undo gives the request back.
+    import re
+
+    seed = re.search(r"seed (\d+)", bots.last.inner_text()).group(1)
+    chat_run(page, lambda: page.locator("#chatbot button[aria-label=Retry]").last.click())
+    expect(drawings).to_have_count(1)
+    assert re.search(r"seed (\d+)", bots.last.inner_text()).group(1) != seed
+    page.locator("#chatbot button[aria-label=Undo]").last.click()
+    expect(drawings).to_have_count(0)
+    expect(page.locator("#chat-input textarea")).to_have_value("/imagine a lighthouse on a cliff at dusk")
+    chat_run(page, lambda: page.click("#chat-input [data-testid=submit-button]"))
+    expect(drawings).to_have_count(1)
     answers_before = bots.count()
     ask(page, "Is the light on?")
     expect(bots).to_have_count(answers_before + 1)
@@ -462,19 +474,28 @@ def test_the_chat_draws_then_talks_about_the_drawing(browser, server, artifacts_
     page.click("#chat-draw-this")
     expect(page.locator("#chat-draw input")).to_be_checked()
     expect(page.locator("#chat-input textarea")).not_to_have_value("")
-    page.fill("#chat-num-images input[type=number]", "4")  # a longer drawing, to stop on the way
+    page.fill("#chat-input textarea", "a red fox in the snow")
+    chat_run(page, lambda: page.click("#chat-input [data-testid=submit-button]"))
+    expect(page.locator("#chatbot [data-testid=user]").last).to_have_text("/imagine a red fox in the snow")
+    expect(drawings).to_have_count(2)
+    page.context.close()
+
+    # Stopped while drawing (4 images: long enough to stop on the way), the chat goes on.
+    page = open_page(browser, server)
+    set_max_new_tokens(page, 6)
+    page.fill("#chat-num-images input[type=number]", "4")
     page.press("#chat-num-images input[type=number]", "Enter")
+    page.locator("#chat-draw input").check()
     page.fill("#chat-input textarea", "a red fox in the snow")
     page.click("#chat-input [data-testid=submit-button]")
-    expect(page.locator("#chatbot [data-testid=user]").last).to_have_text("/imagine a red fox in the snow")
+    bots = page.locator("#chatbot [data-testid=bot]")
     expect(bots.last).to_contain_text("Generating image tokens")
-    page.locator("#chat-input button[aria-label=Stop]").click()  # stopped while drawing
+    page.locator("#chat-input button[aria-label=Stop]").click()
     expect(bots.last).to_contain_text("Drawing stopped")
     expect(page.locator("#chat-input textarea")).to_be_enabled()
     page.locator("#chat-draw input").uncheck()
-    answers_before = bots.count()
     ask(page, "Hello again")
-    expect(bots).to_have_count(answers_before + 1)
+    expect(bots).to_have_count(2)
     keep(page, artifacts_dir, "chat-drawing-stopped")
     page.context.close()
 
