@@ -929,6 +929,9 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    # Gradio keeps uploads and results by content hash in one folder, and deletes a server's files when it
+    # stops (delete_cache): two servers sharing /tmp/gradio would delete each other's. One folder per port.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "gradio" / f"janus-studio-{args.port}"))
     studio = Studio(pipe, args)
     demo = build_ui(studio)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
