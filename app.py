@@ -376,6 +376,15 @@ def _split_last_user_turn(history: list[dict]) -> tuple[list[dict], list[dict]]:
 # Event handlers
 
 
+SESSIONS_KEPT = 10_000  # per-session notes of API clients, which never close a page: the oldest go
+
+
+def _forget_oldest(notes: dict, done=lambda value: True) -> None:
+    """Keep `notes` (oldest first) at SESSIONS_KEPT entries, dropping the oldest that are `done`."""
+    for key in [k for k in list(notes)[:max(len(notes) - SESSIONS_KEPT, 0)] if done(notes[k])]:
+        notes.pop(key, None)
+
+
 class _Run:
     """One asked-for run of a session: its stop flag, and whether a request has taken it / it is over."""
 
@@ -398,7 +407,9 @@ class StopFlags:
         with self.lock:
             run = self.runs.get(request.session_hash)
             if run is None or run.over:
+                self.runs.pop(request.session_hash, None)  # re-inserted last: the dict stays oldest-first
                 self.runs[request.session_hash] = _Run()
+                _forget_oldest(self.runs, lambda r: r.over)
                 return True
             return False
 
@@ -457,6 +468,7 @@ class Studio:
     def _record(self, request: gr.Request | None, stats: dict):
         if request is not None and request.session_hash and summary(stats):
             self.speed.setdefault(request.session_hash, {})[stats["task"]] = summary(stats)
+            _forget_oldest(self.speed)
 
     # -- chat
     def _answer(self, messages, temperature, top_p, max_new_tokens, seed, stop, request=None):

@@ -278,3 +278,21 @@ def test_chat_text_is_shown_as_typed_and_reaches_the_model_unchanged(text):
     history = [{"role": "user", "content": [{"type": "text", "text": shown(text)}]},
                {"role": "assistant", "content": [{"type": "text", "text": shown(text[::-1])}]}]
     assert [m["content"] for m in to_janus_messages(history)] == [text, text[::-1]]
+
+
+def test_sessions_that_never_close_do_not_grow_the_servers_notes(monkeypatch):
+    """API clients open a session per request and never close a page: the per-session stop flags
+    are forgotten oldest first (a run still going is kept), so no client grows them without bound."""
+    import app
+    from gradio import Request
+
+    monkeypatch.setattr(app, "SESSIONS_KEPT", 50)
+    flags = app.StopFlags()
+    going = Request(session_hash="still-going")
+    assert flags.arm(going)
+    for i in range(500):
+        visitor = Request(session_hash=f"visitor-{i}")
+        assert flags.arm(visitor)
+        with flags.run(visitor):
+            pass
+    assert len(flags.runs) <= 51 and "still-going" in flags.runs and "visitor-499" in flags.runs
