@@ -19,6 +19,7 @@ memory.py): they stay on disk and in the page cache, not twice in our RSS.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -190,6 +191,9 @@ class Runtime:
         self.warm_up_s: float | None = None
         if warm_up:
             threading.Thread(target=self._warm_up, args=(loading,), name="janus-ov-warm-up", daemon=True).start()
+            # A process that ends while the warm-up thread is inside OpenVINO aborts ("terminate called
+            # without an active exception", exit status -6): let it finish first. Only the Event is held.
+            atexit.register(self._warm.wait, 120)
         else:
             loading.set()
             self._warm.set()

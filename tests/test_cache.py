@@ -390,3 +390,12 @@ def test_unwritable_cache_dir(tiny_model_dir, tmp_path):
     blocker.write_text("")
     with pytest.raises(ConversionError, match="Cannot write to the model cache .* Set JANUS_OV_CACHE to a writable"):
         ensure_converted(str(tiny_model_dir), weights="fp32", cache_dir=blocker / "cache")
+
+
+def test_a_process_that_ends_right_after_loading_exits_cleanly(tiny_ir_fp32):
+    """Ending while the background warm-up was inside OpenVINO aborted the process ("terminate called
+    without an active exception", status -6), as the first-launch fault loop saw after a rename."""
+    code = f"from janus_ov.pipeline import JanusPipeline; JanusPipeline.from_converted({str(tiny_ir_fp32)!r})"
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env())
+        assert run.returncode == 0 and "terminate called" not in run.stderr, (run.returncode, run.stderr[-2000:])
