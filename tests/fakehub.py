@@ -3,6 +3,11 @@ huggingface_hub's snapshot_download uses (repo info, tree listing, file resolve)
 
 Tests point HF_ENDPOINT at it so huggingface_hub runs its real download and error paths
 (GatedRepoError, RepositoryNotFoundError, ...) without ever contacting a real host.
+
+Fault injection (off by default): `stall(name, n)` sends the first n bytes of a file's downloads
+and then holds the connection open until `release()`, so a client can be killed in the middle of
+a download at a known byte; `throttle(name, bytes_per_s)` sends a file slowly (a window for kills
+at random times). `sent[name]` counts the body bytes sent of each file.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -23,6 +29,11 @@ class FakeHub:
         self.gated: set[str] = set()
         self.tags: dict[str, set[str]] = {}  # extra revision names a repo knows besides "main" and its sha
         self.requests: list[str] = []
+        self.stall_after: dict[str, int] = {}  # file name -> bytes sent before its downloads stall
+        self.rate: dict[str, float] = {}  # file name -> bytes per second
+        self.sent: dict[str, int] = {}  # file name -> body bytes sent so far (all requests)
+        self.stalled = threading.Event()  # set once a download has stalled
+        self._release = threading.Event()
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,8 +51,25 @@ class FakeHub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
+        self.release()
         self.server.shutdown()
         self.server.server_close()
+
+    def stall(self, name: str, after_bytes: int):
+        """Downloads of `name` (a path in the repo) send `after_bytes` bytes, then hang until release()."""
+        self._release.clear()
+        self.stalled.clear()
+        self.stall_after[name] = after_bytes
+
+    def throttle(self, name: str, bytes_per_s: float):
+        self.rate[name] = bytes_per_s
+
+    def release(self):
+        """End every stall: stalled downloads are cut off (the client sees a short body) and later
+        downloads are served whole, at full speed."""
+        self.stall_after.clear()
+        self.rate.clear()
+        self._release.set()
 
     @staticmethod
     def sha(folder: Path) -> str:
@@ -89,7 +117,7 @@ class FakeHub:
             data = file.read_bytes()
             etag = '"' + hashlib.sha1(data).hexdigest() + '"'
             return self._send(req, 200, data, body, {"X-Repo-Commit": self.sha(folder), "ETag": etag,
-                                                     "Content-Type": "application/octet-stream"})
+                                                     "Content-Type": "application/octet-stream"}, name)
         self._send(req, 404, b"", body, {})
 
     def _repo(self, req, repo_id: str) -> Path | None:
@@ -99,12 +127,34 @@ class FakeHub:
         self._send(req, 401, b"", True, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
         return None
 
-    @staticmethod
-    def _send(req, status: int, data: bytes, body: bool, headers: dict):
+    def _send(self, req, status: int, data: bytes, body: bool, headers: dict, name: str | None = None):
         req.send_response(status)
         for k, v in headers.items():
             req.send_header(k, v)
         req.send_header("Content-Length", str(len(data)))
         req.end_headers()
-        if body and req.command != "HEAD":
+        if not body or req.command == "HEAD":
+            return
+        if name is None or (name not in self.stall_after and name not in self.rate):
             req.wfile.write(data)
+            return
+        self._send_slowly(req, data, name)
+
+    def _send_slowly(self, req, data: bytes, name: str, chunk: int = 16 << 10):
+        stall_at, rate = self.stall_after.get(name), self.rate.get(name)
+        done = 0
+        try:
+            while done < len(data):
+                end = min(len(data), done + chunk, len(data) if stall_at is None or done >= stall_at else stall_at)
+                req.wfile.write(data[done:end])
+                req.wfile.flush()
+                self.sent[name] = self.sent.get(name, 0) + end - done
+                if rate:
+                    time.sleep((end - done) / rate)
+                done = end
+                if stall_at is not None and done >= stall_at:
+                    self.stalled.set()
+                    self._release.wait(timeout=300)  # bounded: a forgotten stall must not hang the server
+                    return  # the connection closes short of Content-Length, like a dropped download
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (killed): nothing more to send
