@@ -283,8 +283,9 @@ def test_chat_text_is_shown_as_typed_and_reaches_the_model_unchanged(text):
 def test_sessions_that_never_close_do_not_grow_the_servers_notes(monkeypatch):
     """API clients open a session per request and never close a page: the per-session stop flags
     are forgotten oldest first (a run still going is kept), so no client grows them without bound."""
-    import app
     from gradio import Request
+
+    import app
 
     monkeypatch.setattr(app, "SESSIONS_KEPT", 50)
     flags = app.StopFlags()
