@@ -99,7 +99,7 @@ def component_message(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("api_name,extra", [("add_user_turn", None), ("undo", ()), ("retry", (0.0, 0)),
-                                            ("bot_turn", (0.0, 1.0, 4, 0))])
+                                            ("bot_turn", (0.0, 1.0, 4, 0, 1, 5.0, 1.0, 0, True, ""))])
 def test_a_crafted_history_copies_no_file_into_the_served_cache(server, home, api_name, extra):
     """A "component" message naming a file made Gradio's preprocessing copy that file (the app's
     source, anything in the temp dir) into the cache it serves. Every event taking the
@@ -107,9 +107,9 @@ def test_a_crafted_history_copies_no_file_into_the_served_cache(server, home, ap
     for target in (home / "secret.txt", REPO / "app.py"):
         session = f"visitor-{api_name}-{target.name}"
         if api_name == "bot_turn":  # it answers only a question asked first: ask one, then craft its history
-            assert event(server, "add_user_turn", [{"text": "hi", "files": []}, []], session)["success"]
+            assert event(server, "add_user_turn", [{"text": "hi", "files": []}, [], False], session)["success"]
         history = component_message(target)
-        data = [{"text": "hi", "files": []}, history] if api_name == "add_user_turn" else [history, *extra]
+        data = [{"text": "hi", "files": []}, history, False] if api_name == "add_user_turn" else [history, *extra]
         result = event(server, api_name, data, session)
         assert not result["success"], result
         assert "never writes" in json.dumps(result), result
