@@ -18,35 +18,18 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from .parts import weight_types
-
 # Tokens per cache block: what the CPU and GPU PagedAttention kernels expect (as OpenVINO GenAI).
 BLOCK_SIZE = {"CPU": 32, "GPU": 16}
 
 
-def compile_paged(core: ov.Core, xml_path, device: str, config: dict) -> ov.CompiledModel:
-    """Read the stateful language-model IR, turn it into a PagedAttention model, compile it."""
+def compile_paged(core: ov.Core, model: ov.Model, device: str, config: dict) -> ov.CompiledModel:
+    """Turn the stateful language model (read from its IR) into a PagedAttention model, compile it."""
     from openvino._offline_transformations import paged_attention_transformation
 
-    model = core.read_model(str(xml_path))
     paged_attention_transformation(model)
     # No compiled-model cache for this one: the cache key of a model object is a hash of all its
     # weights, which takes longer than compiling it.
-    config = {k: v for k, v in config.items() if k != "CACHE_DIR"}
-    if device.startswith("CPU") and _integer_weights(model):
-        # f32 activations (unless the caller says otherwise) make the CPU plugin quantize them to
-        # int8 on the fly for the int4/int8 matmuls, whose integer kernels unpack weights more
-        # cheaply than the bf16 ones that CPUs with bf16 get by default (faster at 1, 2 and 8 rows;
-        # figures in benchmarks/results/). Elsewhere (AVX2) it is the default anyway. Not for
-        # fp16 weights: with no integer kernels to reach, f32 only makes their arithmetic heavier.
-        config = {"INFERENCE_PRECISION_HINT": "f32", **config}
-    return core.compile_model(model, device, config)
-
-
-def _integer_weights(model: ov.Model) -> bool:
-    # Weights only (rank >= 2): the PagedAttention rewrite itself adds empty u8 constants, which
-    # once made fp16 models count as integer ones and run in f32 (2.6x slower steps).
-    return any(t in weight_types(model) for t in ("u4", "i4", "u8", "i8"))
+    return core.compile_model(model, device, {k: v for k, v in config.items() if k != "CACHE_DIR"})
 
 
 class PagedKVCache:

@@ -47,7 +47,7 @@ OUTPUTS = {
     "vq_decoder": ("images",),
 }
 
-WEIGHT_FORMATS = ("int4", "int8", "fp16", "fp32")
+WEIGHT_FORMATS = ("int4", "int4-sym128", "int8", "fp16", "fp32")  # compress.py says what each one means
 
 
 def weight_types(ov_model) -> dict:
@@ -60,3 +60,9 @@ def weight_types(ov_model) -> dict:
             key = op.get_output_element_type(0).get_type_name()
             counts[key] = counts.get(key, 0) + int(np.prod(op.get_output_shape(0)))
     return counts
+
+
+def integer_weights(ov_model) -> bool:
+    """Whether a part's weights are int4/int8. Weights only (rank >= 2): the PagedAttention rewrite
+    itself adds empty u8 constants, which once made fp16 models count as integer ones."""
+    return any(t in weight_types(ov_model) for t in ("u4", "i4", "u8", "i8"))

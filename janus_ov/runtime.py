@@ -33,12 +33,14 @@ from .errors import ModelNotFoundError
 from .kv_cache import PagedKVCache, compile_paged
 from .memory import drop_mapped_pages
 from .model_info import ModelInfo
-from .parts import PARTS
+from .parts import PARTS, integer_weights
 from .prefix_cache import PrefixCache
 
 # Parts each request gets its own infer request for (called at every generation step).
 PER_REQUEST = ("text_embeddings", "language_model", "lm_head", "gen_embeddings", "gen_head")
 SHARED = ("vision", "vq_decoder")
+# Parts whose every call streams all their weights (see streaming_config).
+STREAMING = ("language_model", "lm_head", "gen_head")
 
 _core = None
 _core_lock = threading.Lock()
@@ -64,6 +66,24 @@ def compile_config(device: str, ov_config: dict | None, cache_dir: str | Path | 
     config.update({k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in (ov_config or {}).items()})
     if config.get("CACHE_DIR") == "":
         config.pop("CACHE_DIR")  # ov_config={"CACHE_DIR": ""} turns the cache off
+    return config
+
+
+def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
+    """`config` for a part of STREAMING: f32 activations when its weights are integer, on CPU, unless
+    the caller chose a precision.
+
+    Those parts are memory-bound (each call reads all their weights for a few rows). With f32
+    activations the CPU plugin quantizes the activations to int8 on the fly and runs its integer
+    kernels, which unpack int4/int8 weights faster than the bf16 kernels that CPUs with bf16 (AVX-512
+    bf16, AMX) get by default: faster at 1, 2 and 8 rows on every kind measured (figures in
+    benchmarks/results/design-measurements.md). On AVX2 f32 is the default anyway, so the rule only
+    acts where the CPU offers bf16. The compute-bound parts (vision encoder, VQ decoder) keep the
+    default: bf16 is faster there (1.2x and 1.9x on Zen 4). fp16 weights keep it too: with no integer
+    kernels to reach, f32 only makes their arithmetic heavier (2.6x slower steps).
+    """
+    if device.startswith("CPU") and integer_weights(model):
+        return {"INFERENCE_PRECISION_HINT": "f32", **config}
     return config
 
 
@@ -200,9 +220,14 @@ class Runtime:
 
     def _compile(self, part: str) -> ov.CompiledModel:
         xml = self.model_dir / f"{part}.xml"
+        if part not in STREAMING:
+            return core().compile_model(str(xml), self.device, self.config)
+        model = core().read_model(str(xml))  # weights stay mapped, not read: cheap
+        config = streaming_config(model, self.device, self.config)
         if part == "language_model":
-            return compile_paged(core(), xml, self.device, self.config)
-        return core().compile_model(str(xml), self.device, self.config)
+            return compile_paged(core(), model, self.device, config)
+        # From the path, not `model`: a compiled-model cache hit then skips reading the IR.
+        return core().compile_model(str(xml), self.device, config)
 
     def wait_warm(self, timeout: float | None = None) -> bool:
         """Block until the warm-up is over (True), or `timeout` seconds pass (False)."""
