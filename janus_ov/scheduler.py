@@ -11,7 +11,8 @@ A step:
    none starves; it waits only while the block pool cannot hold it.
 2. Gather one token for every decoding row (a chat's next token, an image batch's 2N CFG rows) and
    at most `prefill_chunk` prompt tokens of the requests still prefilling, oldest first (chunked
-   prefill: a newcomer's long prompt delays the others by one chunk per step, not its whole prefill).
+   prefill: a newcomer's long prompt delays the others by one chunk per step, not its whole prefill);
+   in a step with no decoding row, up to IDLE_PREFILL_CHUNK.
 3. One language-model call; then one lm_head call for every chat row that needs a token and one
    gen_head call per image request (each has its own CFG weight); each request samples with its own
    sampler and gets its tokens through its own queue.
@@ -37,7 +38,11 @@ import openvino as ov
 from .errors import InvalidInputError, ServerBusyError
 from .kv_cache import BLOCK_SIZE, by_block
 
-PREFILL_CHUNK = 256  # prompt tokens per step, shared by all prefilling requests
+PREFILL_CHUNK = 256  # prompt tokens per step, shared by all prefilling requests, while others decode
+# ... and while nobody decodes: no one waits for the call, and each call unpacks every int4 weight once,
+# so fewer, longer calls prefill faster (a 741-token prompt 5 %, 2448 tokens 10 %, figures in
+# benchmarks/results/design-measurements.md); still bounded, so a newcomer waits at most one such call.
+IDLE_PREFILL_CHUNK = 1024
 POOL_TOKENS = 16384  # KV-cache capacity in tokens, all requests together
 MAX_WAITING = 32  # requests queued for blocks before new ones are refused as "busy"
 PREFIXES_KEPT = 16  # finished conversations whose cache is kept for their next turn
@@ -337,7 +342,7 @@ class Scheduler:
                 for job, rows, _ in by_kind[kind]:
                     pieces += [(job, row, embeds[at + i:at + i + 1]) for i, row in enumerate(rows)]
                     at += len(rows)
-        budget = self.prefill_chunk
+        budget = self.prefill_chunk if pieces else max(self.prefill_chunk, IDLE_PREFILL_CHUNK)
         for job in jobs:
             for row, embeds in job.prefill(budget, self) if budget > 0 else []:
                 pieces.append((job, row, embeds))

@@ -161,6 +161,20 @@ def test_a_newcomer_starts_within_one_step_plus_its_prefill_chunks(tiny_ir_fp32,
     images.close()
 
 
+def test_alone_a_long_prompt_is_prefilled_in_one_call(tiny_ir_fp32, tmp_path, solo):
+    """Chunks are for sharing steps with decoding rows; with nobody decoding, the whole prompt (up to
+    IDLE_PREFILL_CHUNK tokens) goes in one call -- and the answer is the same."""
+    from janus_ov.scheduler import IDLE_PREFILL_CHUNK
+
+    pipe = batched(tiny_ir_fp32, tmp_path, prefill_chunk=32)
+    question = [user("Tell me about lighthouses " * 10)]
+    stream = pipe.chat_stream(question, max_new_tokens=8)
+    answer = "".join(stream)
+    assert 64 < stream.stats["prompt_tokens"] <= IDLE_PREFILL_CHUNK
+    assert stream.stats["steps_to_first_token"] == 1
+    assert answer == str(solo.chat(question, max_new_tokens=8))
+
+
 def test_a_full_pool_or_queue_says_so_and_nothing_else_breaks(tiny_ir_fp32, tmp_path):
     pipe = batched(tiny_ir_fp32, tmp_path, kv_cache_tokens=3000)
     with pytest.raises(InvalidInputError, match="tokens of KV cache"):
