@@ -22,6 +22,9 @@ fp32 export; full-size Janus-Pro-1B: bytes) and by how often each part's weights
 - vq_decoder (convolutions at 384x384, run once per image, compute-bound; its output is
   pixels users look at, and INT8 weights cost 11 % relative error there): fp16.
 - gen_embeddings is tiny (16384 x 8 codebook + an MLP): fp16.
+`int4-sym128` is int4 with NNCF's data-free default recipe for the language model (INT4_SYM, group
+size 128: what optimum-intel applies by default), whose kernels are faster on some CPUs; its output
+deviation against fp32 beside int4's: benchmarks/results/ (recipe_deviation).
 `int8` is int4 with the language model in INT8_ASYM; `fp16` / `fp32` leave every part in that
 float type.
 
@@ -44,6 +47,7 @@ _INT4_PLAN = {
 
 PLAN = {
     "int4": _INT4_PLAN,
+    "int4-sym128": {**_INT4_PLAN, "language_model": "int4-sym128"},
     "int8": {**_INT4_PLAN, "language_model": "int8"},
     "fp16": dict.fromkeys(_INT4_PLAN, "fp16"),
     "fp32": dict.fromkeys(_INT4_PLAN, "fp32"),
@@ -55,20 +59,38 @@ def compress(ov_model, part_name: str, weights: str):
     return compress_as(ov_model, PLAN[weights][part_name])
 
 
+# NNCF's arguments for each integer weight type (ratio 1.0: every int4 candidate layer in int4).
+RECIPES = {
+    "int8": {"mode": "INT8_ASYM"},
+    "int4": {"mode": "INT4_ASYM", "group_size": 64, "ratio": 1.0},  # the reference notebook's recipe
+    # NNCF's data-free default. "adjust": a matmul whose input width 128 does not divide (none in the
+    # real checkpoints; the tiny model's 64-wide ones) gets the largest group size that does.
+    "int4-sym128": {"mode": "INT4_SYM", "group_size": 128, "ratio": 1.0, "group_size_fallback": "adjust"},
+}
+
+
+def nncf_arguments(mode: str) -> dict:
+    """nncf.compress_weights keyword arguments of a RECIPES entry."""
+    import nncf
+
+    if mode not in RECIPES:
+        raise ValueError(f"unknown weight mode {mode!r}")
+    recipe = dict(RECIPES[mode])
+    recipe["mode"] = getattr(nncf.CompressWeightsMode, recipe["mode"])
+    if "group_size_fallback" in recipe:
+        recipe["advanced_parameters"] = nncf.AdvancedCompressionParameters(
+            group_size_fallback_mode=nncf.GroupSizeFallbackMode(recipe.pop("group_size_fallback")))
+    return recipe
+
+
 def compress_as(ov_model, mode: str):
-    """Apply one weight type ("fp32", "fp16", "int8", "int4") to every weight of `ov_model`."""
+    """Apply one weight type ("fp32", "fp16" or a key of RECIPES) to every weight of `ov_model`."""
     import nncf
 
     if mode in ("fp32", "fp16"):
         set_float_weights(ov_model, "f32" if mode == "fp32" else "f16")
         return ov_model
-    if mode == "int8":
-        ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    elif mode == "int4":
-        ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=64,
-                                         ratio=1.0)
-    else:
-        raise ValueError(f"unknown weight mode {mode!r}")
+    ov_model = nncf.compress_weights(ov_model, **nncf_arguments(mode))
     set_float_weights(ov_model, "f16")  # whatever NNCF left in bf16 (e.g. nothing to compress)
     return ov_model
 

@@ -267,7 +267,7 @@ def test_lm_fp16_export_within_tolerance(torch_model, tiny_ir_fp16):
 #   INT8 mean >= 0.99 (measured 0.999), INT4 mean >= 0.85 (measured 0.91; argmax agreement 0.48 -
 #   a 2-layer random model with int4 noise is that chaotic, a trained model is far less).
 INT8_TOL = 2e-2
-LM_COSINE = {"fp16": 0.9999, "int8": 0.99, "int4": 0.85}
+LM_COSINE = {"fp16": 0.9999, "int8": 0.99, "int4": 0.85, "int4-sym128": 0.85}
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +285,17 @@ def tiny_lm_int8(tiny_model_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny-lm-int8")
     convert_part(load_checkpoint(tiny_model_dir).model, "language_model", out, "int8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_int4_sym128(tiny_model_dir, tmp_path_factory):
+    """int4-sym128 differs from int4 in the language model alone."""
+    from janus_ov.checkpoint import load_checkpoint
+    from janus_ov.convert import convert_part
+
+    out = tmp_path_factory.mktemp("tiny-lm-int4-sym128")
+    convert_part(load_checkpoint(tiny_model_dir).model, "language_model", out, "int4-sym128")
     return out
 
 
@@ -309,9 +320,10 @@ def lm_logit_cosine(ir_dir, torch_model) -> float:
     return float(cosine.mean())
 
 
-@pytest.mark.parametrize("fmt", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("fmt", ["fp16", "int8", "int4", "int4-sym128"])
 def test_compressed_language_model_stays_close(fmt, torch_model, request):
-    ir_dir = request.getfixturevalue({"fp16": "tiny_ir_fp16", "int8": "tiny_lm_int8", "int4": "tiny_ir_int4"}[fmt])
+    ir_dir = request.getfixturevalue({"fp16": "tiny_ir_fp16", "int8": "tiny_lm_int8", "int4": "tiny_ir_int4",
+                                      "int4-sym128": "tiny_lm_int4_sym128"}[fmt])
     assert lm_logit_cosine(ir_dir, torch_model) >= LM_COSINE[fmt]
 
 
@@ -334,7 +346,8 @@ def test_run_time_precision_follows_each_parts_weights_and_work(tiny_ir_int4, ti
         assert chosen["lm_head"].get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
 
 
-def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16, tiny_ir_fp32, torch_model):
+def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_lm_int4_sym128, tiny_ir_fp16, tiny_ir_fp32,
+                                     torch_model):
     from janus_ov.parts import weight_types
 
     def types(ir_dir, name):
@@ -344,6 +357,9 @@ def test_weight_types_follow_the_plan(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16, 
     # int4: NNCF keeps only the LM's last matmul in INT8 (the notebook's recipe).
     assert types(tiny_ir_int4, "language_model").get("u4", 0) >= 0.75
     assert types(tiny_lm_int8, "language_model").get("u8", 0) >= 0.95
+    # int4-sym128: signed int4 without zero points (NNCF's INT4_SYM), the same last matmul in INT8.
+    sym = types(tiny_lm_int4_sym128, "language_model")
+    assert sym.get("i4", 0) >= 0.75 and "u4" not in sym, sym
     for name in ("lm_head", "gen_head", "text_embeddings"):
         assert types(tiny_ir_int4, name).get("u8", 0) >= 0.95, name
     # Vision: every matmul and the patch convolution INT8 (with fp16 per-channel scales); only the
@@ -365,3 +381,25 @@ def test_compression_shrinks_the_export(tiny_ir_int4, tiny_lm_int8, tiny_ir_fp16
 
     assert size(tiny_ir_int4) < size(tiny_lm_int8) < size(tiny_ir_fp16) < size(tiny_ir_fp32)
     assert size(tiny_ir_int4, "lm_head") < 0.6 * size(tiny_ir_fp16, "lm_head")
+
+
+@pytest.mark.parametrize("mode, element, groups", [("int4", "u4", 4), ("int4-sym128", "i4", 2)])
+def test_each_int4_recipe_groups_a_real_width_as_named(mode, element, groups):
+    """The real checkpoints' widths (2048, 4096, 5632, 11008) divide by 64 and 128: no group is adjusted
+    there. A 256-wide matmul: the notebook's recipe makes 4 asymmetric groups of 64, NNCF's default 2
+    symmetric groups of 128."""
+    import openvino.opset13 as ops
+
+    from janus_ov.compress import compress_as
+
+    rng = np.random.default_rng(0)
+
+    def linear(h, rows):
+        weight = ops.constant((rng.standard_normal((rows, 256)) * 0.02).astype(np.float16))
+        return ops.matmul(h, ops.convert(weight, np.float32), False, True)
+
+    x = ops.parameter([-1, 256], np.float32)
+    model = compress_as(ov.Model([linear(linear(x, 256), 8)], [x]), mode)  # NNCF keeps the last one INT8
+    shapes = [list(op.get_output_shape(0)) for op in model.get_ops()
+              if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() == element]
+    assert [256, groups, 256 // groups] in shapes, shapes  # (asymmetric: and its u4 zero points)
