@@ -28,6 +28,7 @@ rows -- the partly filled last prompt block of an image batch -- is copied for e
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections import OrderedDict, deque
@@ -195,7 +196,9 @@ class Scheduler:
         self.steps = 0
         self.closed = False
         self._wake = threading.Condition()
-        threading.Thread(target=self._loop, name="janus-ov-scheduler", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="janus-ov-scheduler", daemon=True)
+        self._thread.start()
+        atexit.register(self.shutdown)
 
     # ------------------------------------------------------------------ requests' side
 
@@ -233,11 +236,22 @@ class Scheduler:
                 self.images.popitem(last=False)
         return kept
 
-    def close(self) -> None:
-        """Stop the scheduler thread once the requests under way are done (new ones are refused)."""
+    def close(self, timeout: float | None = 30) -> None:
+        """Stop the scheduler thread once the requests under way are done (new ones are refused), and
+        wait up to `timeout` s for it: a process that exits while the thread is inside OpenVINO aborts
+        ("terminate called without an active exception")."""
         with self._wake:
             self.closed = True
             self._wake.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def shutdown(self, timeout: float = 10) -> None:
+        """At exit: cancel every request (their readers are going away too), then close."""
+        with self._wake:
+            for job in [*self.active, *self.waiting]:
+                job.cancel()
+        self.close(timeout)
 
     def stats(self) -> dict:
         with self._wake:

@@ -175,6 +175,21 @@ def test_alone_a_long_prompt_is_prefilled_in_one_call(tiny_ir_fp32, tmp_path, so
     assert answer == str(solo.chat(question, max_new_tokens=8))
 
 
+def test_closing_ends_the_scheduler_thread_and_refuses_new_requests(tiny_ir_fp32, tmp_path):
+    """A process must not exit while the scheduler thread is inside OpenVINO (it would abort): close()
+    waits for it; shutdown() (run at exit) first cancels what is under way."""
+    pipe = batched(tiny_ir_fp32, tmp_path)
+    images = pipe.generate_images_stream("a red fox", num_images=1, seed=1, preview_every=0)
+    next(images)  # under way
+    thread = pipe.scheduler._thread
+    pipe.scheduler.shutdown()
+    assert not thread.is_alive()
+    *_, result = images  # the request under way ends as cancelled, with nothing half-made
+    assert result.cancelled and result.images == []
+    with pytest.raises(ServerBusyError, match="shutting down"):
+        pipe.chat([user("Hello")], max_new_tokens=4)
+
+
 def test_a_full_pool_or_queue_says_so_and_nothing_else_breaks(tiny_ir_fp32, tmp_path):
     pipe = batched(tiny_ir_fp32, tmp_path, kv_cache_tokens=3000)
     with pytest.raises(InvalidInputError, match="tokens of KV cache"):
