@@ -1,7 +1,7 @@
-"""Decode speed and peak memory of a converted model, in one fresh process: for A/B runs of two
-commits' code on the same IR (run it from each checkout, alternating).
+"""Decode speed (and with --images, image time) and peak memory of a converted model, in one fresh
+process: for A/B runs of two commits' code on the same IR, or of two IRs (run them alternating).
 
-    PYTHONPATH=. python -m benchmarks.quick_decode --ir DIR [--tokens 96] [--repeats 2]
+    PYTHONPATH=. python -m benchmarks.quick_decode --ir DIR [--tokens 96] [--repeats 2] [--images 1,4]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ def main(argv=None):
     parser.add_argument("--ir", required=True, help="a converted model folder (cache entry or export)")
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--images", default="", help="e.g. 1,4: also time one text-to-image batch of each size")
     args = parser.parse_args(argv)
     t0 = time.time()
     from janus_ov.pipeline import JanusPipeline
@@ -25,9 +26,15 @@ def main(argv=None):
     ready = time.time() - t0
     messages = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper. " * 8}]
     rates = [pipe.chat(messages, max_new_tokens=args.tokens).stats["decode_tokens_per_s"] for _ in range(args.repeats)]
+    images = {}
+    for n in filter(None, args.images.split(",")):
+        t1 = time.perf_counter()
+        stats = pipe.generate_images("a lighthouse on a rock at night", num_images=int(n), seed=0).stats
+        images[n] = {"total_s": time.perf_counter() - t1, "steps_s": stats["steps_s"]}
     with open("/proc/self/status", encoding="utf-8") as status:
         hwm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    print(json.dumps({"ready_warm_s": ready, "decode_tokens_per_s": rates, "peak_rss_gib": hwm_kib / 2**20}))
+    print(json.dumps({"ready_warm_s": ready, "decode_tokens_per_s": rates, "peak_rss_gib": hwm_kib / 2**20,
+                      **({"images": images} if images else {})}))
 
 
 if __name__ == "__main__":

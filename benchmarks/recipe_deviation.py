@@ -1,0 +1,153 @@
+"""How far each weight format's outputs are from the fp32 export's, on the same inputs (issue 21).
+
+    PYTHONPATH=. python -m benchmarks.recipe_deviation --ir fp32=DIR --ir int4=DIR --ir int4-sym128=DIR [...]
+                                                       [--prompt-tokens 192] [--steps 64]
+
+Every model gets the same token ids: a random prompt, then --steps tokens fed one at a time
+(teacher forcing, so a different choice never changes what comes next). At each step the language
+model's last hidden state is kept. Per format it reports:
+- language_model: the hidden state's relative error, and what it does to the next-token choice when
+  the *reference's* (fp32) heads read it -- text logits (lm_head) and image logits (gen_head): top-1
+  agreement and KL(reference || format). This is the language model's own deviation, the part a
+  recipe changes.
+- as shipped: the same with the format's own heads (its int8 lm_head / gen_head), the end-to-end
+  deviation a user gets.
+- layer 0: each of the first layer's seven matmuls alone on random activations, the recipe's own error
+  (a random network compounds errors over 24 layers far more than a trained one, whose residual
+  stream dominates: the whole-model figures over-state every format alike).
+The vision encoder and VQ decoder do not depend on the int4 recipe (compress.PLAN); their errors
+are in design-measurements.md. f32 inference precision everywhere, so only the weights differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .models import default_path
+from .report import machine, machine_slug
+from .run import RESULTS
+
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def hidden_states(ir: str, ids: np.ndarray, prompt_tokens: int) -> tuple[np.ndarray, object]:
+    """The last hidden state [steps,H] after each forced token, and the runtime (for its heads)."""
+    from janus_ov.runtime import Runtime
+
+    runtime = Runtime(ir, ov_config=F32, cache_dir=None, max_concurrency=1, warm_up=False)
+    out = []
+    with runtime.context() as ctx:
+        ctx.start([len(ids)])
+        h = ctx.language_model(np.array(ctx.embed_text(ids[None, :prompt_tokens])[0]), [prompt_tokens])
+        out.append(np.array(h[0]))
+        for i in range(prompt_tokens, len(ids) - 1):
+            out.append(np.array(ctx.language_model(np.array(ctx.embed_text(ids[None, i:i + 1])[0]))[0]))
+    return np.stack(out), runtime
+
+
+def heads(runtime, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text logits [S,V], image logits [S,K]) of hidden states [S,H] through `runtime`'s heads."""
+    with runtime.context() as ctx:
+        text = np.array(ctx.lm_head(hidden[:, None])[:, 0])
+        # cfg_weight 1 on (h, h): uncond + 1 * (cond - uncond) = the conditional logits themselves.
+        image = np.array(ctx.gen_head(np.concatenate([hidden, hidden]), np.array(1.0, np.float32)))
+    return text, image
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> dict:
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(got.astype(np.float64))
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    return {"top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()), "kl_mean": float(kl.mean()),
+            "kl_max": float(kl.max()),
+            "logits_rel_error": float(np.median(np.linalg.norm(got - ref, axis=-1) / np.linalg.norm(ref, axis=-1)))}
+
+
+LAYER_0 = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+           "mlp.up_proj", "mlp.down_proj")
+
+
+def layer_errors(checkpoint, recipes, rows: int = 16) -> dict:
+    """Relative output error of each of layer 0's matmuls alone, per weight type (compress.RECIPES): the
+    recipe's own error, before 24 layers of a random network compound it."""
+    import nncf
+    import openvino as ov
+    import openvino.opset13 as ops
+    from safetensors import safe_open
+
+    from janus_ov.compress import nncf_arguments
+
+    nncf.set_log_level(logging.ERROR)
+    out = {name: {} for name in recipes}
+    shard = next(f for f in sorted(checkpoint.glob("*.safetensors")))
+    rng = np.random.default_rng(0)
+    with safe_open(shard, "pt") as f:
+        for layer in LAYER_0:
+            w = f.get_tensor(f"model.language_model.layers.0.{layer}.weight").float().numpy()
+            x = rng.standard_normal((rows, w.shape[1])).astype(np.float32)
+            ref = x.astype(np.float64) @ w.T.astype(np.float64)
+            for name in recipes:
+                param = ops.parameter([-1, w.shape[1]], np.float32)
+                model = ov.Model([ops.matmul(param, ops.convert(ops.constant(w.astype(np.float16)), np.float32),
+                                             False, True)], [param])
+                recipe = nncf_arguments(name)
+                if name.startswith("int4"):  # a lone matmul would be NNCF's "last layer", kept in int8
+                    recipe["all_layers"] = True
+                model = nncf.compress_weights(model, **recipe)
+                got = ov.Core().compile_model(model, "CPU", F32)(x)[0]
+                out[name][layer] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recipe_deviation", description=__doc__.splitlines()[0])
+    p.add_argument("--ir", action="append", required=True, help="NAME=DIR; one must be fp32=DIR (the reference)")
+    p.add_argument("--prompt-tokens", type=int, default=192)
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", type=Path, default=default_path("janus-pro-1b"),
+                   help="the checkpoint the IRs came from (for the per-layer errors)")
+    args = p.parse_args(argv)
+    irs = dict(item.split("=", 1) for item in args.ir)
+    if "fp32" not in irs:
+        p.error("give the reference as --ir fp32=DIR")
+
+    from janus_ov.model_info import ModelInfo
+
+    vocab = ModelInfo.load(irs["fp32"]).vocab_size
+    ids = np.random.default_rng(args.seed).integers(0, vocab, args.prompt_tokens + args.steps, dtype=np.int64)
+    ref_hidden, ref_runtime = hidden_states(irs["fp32"], ids, args.prompt_tokens)
+    ref_text, ref_image = heads(ref_runtime, ref_hidden)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "prompt_tokens": args.prompt_tokens,
+              "steps": args.steps, "irs": irs, "formats": {}}
+    for name, ir in irs.items():
+        if name == "fp32":
+            continue
+        hidden, runtime = hidden_states(ir, ids, args.prompt_tokens)
+        rel = np.linalg.norm(hidden - ref_hidden, axis=-1) / np.linalg.norm(ref_hidden, axis=-1)
+        text, image = heads(ref_runtime, hidden)
+        own_text, own_image = heads(runtime, hidden)
+        result["formats"][name] = {
+            "language_model": {"hidden_rel_error_median": float(np.median(rel)), "hidden_rel_error_max": float(rel.max()),
+                               "text": compare(ref_text, text), "image": compare(ref_image, image)},
+            "as_shipped": {"text": compare(ref_text, own_text), "image": compare(ref_image, own_image)}}
+        print(name, json.dumps(result["formats"][name]), flush=True)
+        del runtime
+    result["layer_0_output_rel_error"] = layer_errors(args.checkpoint, [n for n in irs if n != "fp32"])
+    print(json.dumps(result["layer_0_output_rel_error"]))
+    out = RESULTS / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-recipe-deviation.json"
+    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print("written", out)
+
+
+if __name__ == "__main__":
+    main()

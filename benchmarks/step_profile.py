@@ -1,0 +1,172 @@
+"""Where one decode step's time goes: our chat step against OpenVINO GenAI's model of the same weights.
+
+Both graphs (and ours fused into one model with its LM head, "ours_fused") are made PagedAttention
+models by the same OpenVINO transformation and compiled with the same settings (LATENCY, f32
+inference precision), then fed one token after a --past-token cache, the way a chat decodes.
+Per model it prints the median wall time of a step (all of the model's calls) and,
+from the CPU plugin's own profiling counters, the time per executed layer type, so the two can be
+compared line by line (issue 21: "find where our extra ms per token go").
+
+    python -m benchmarks.step_profile --ir OUR_IR [--genai DIR] [--past-tokens 640] [--steps 40]
+    python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --past-tokens 300   # image steps: what grows with rows
+
+--genai: an optimum-intel export of our language model as a plain Llama (benchmarks.genai_anchor
+writes one to benchmarks/models/genai-llama-<recipe>); only openvino is needed to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .models import MODELS_DIR
+
+CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def paged(core, xml: Path, config: dict):
+    from openvino._offline_transformations import paged_attention_transformation
+
+    model = core.read_model(str(xml))
+    paged_attention_transformation(model)
+    return core.compile_model(model, "CPU", config)
+
+
+def bind_cache(request, past: int, rows: int = 1, block: int = 32) -> dict:
+    """Cache tensors for `rows` sequences of `past` cached tokens each (random bytes: speed does not
+    depend on them) and the bookkeeping inputs of one new token per row."""
+    import openvino as ov
+
+    per_row = past // block + 1
+    for port in request.get_compiled_model().inputs:
+        name = port.get_any_name()
+        if name.startswith(("key_cache.", "value_cache.")):
+            shape = port.get_partial_shape()
+            request.set_tensor(name, ov.Tensor(port.get_element_type(),
+                                               [rows * per_row] + [shape[i].get_length() for i in range(1, 4)]))
+    return {"position_ids": np.full(rows, past, np.int64), "past_lens": np.full(rows, past, np.int32),
+            "subsequence_begins": np.arange(rows + 1, dtype=np.int32),
+            "block_indices": np.arange(rows * per_row, dtype=np.int32),
+            "block_indices_begins": np.arange(0, rows * per_row + 1, per_row, dtype=np.int32),
+            "max_context_len": np.array(past + 1, np.int32)}
+
+
+def by_layer_type(requests) -> dict:
+    """ms per executed layer type (the plugin's node type, as it ran: fusions show as one node)."""
+    totals: dict = defaultdict(float)
+    for request in requests:
+        for info in request.profiling_info:
+            if info.status.name == "EXECUTED":
+                totals[info.node_type] += info.real_time.total_seconds() * 1e3
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def run_steps(step, requests, steps: int) -> dict:
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    layers = by_layer_type(requests)  # the counters of the last step
+    return {"step_ms": statistics.median(times), "profiled_ms": sum(layers.values()),
+            "layers_ms": {k: round(v, 3) for k, v in layers.items() if v >= 0.05}}
+
+
+def ours(core, ir: Path, past: int, steps: int, images: int = 0) -> dict:
+    """A chat step (images=0: text embedding, language model, lm_head) or an image step of `images`
+    images (2 CFG rows each: image-token embedding, language model, gen_head with the CFG mix)."""
+    config = {**CONFIG, "PERF_COUNT": True}
+    rows = 2 * images or 1
+    embed_part, head_part = ("gen_embeddings", "gen_head") if images else ("text_embeddings", "lm_head")
+    lm = paged(core, ir / "language_model.xml", config).create_infer_request()
+    embed = core.compile_model(str(ir / f"{embed_part}.xml"), "CPU", config).create_infer_request()
+    head = core.compile_model(str(ir / f"{head_part}.xml"), "CPU", config).create_infer_request()
+    inputs = bind_cache(lm, past, rows)
+    ids, cfg = np.zeros((rows, 1), np.int64), np.array(5.0, np.float32)
+
+    def step():
+        embeds = embed.infer([ids], share_inputs=True, share_outputs=True)[0]
+        hidden = lm.infer({"inputs_embeds": embeds.reshape(rows, -1), **inputs}, share_inputs=True,
+                          share_outputs=True)[0]
+        if images:
+            head.infer([hidden.reshape(rows, -1), cfg], share_inputs=True, share_outputs=True)
+        else:
+            head.infer([hidden.reshape(rows, 1, -1)], share_inputs=True, share_outputs=True)
+
+    result = run_steps(step, [embed, lm, head], steps)
+    result["calls_ms"] = {name: round(sum(i.real_time.total_seconds() for i in r.profiling_info) * 1e3, 2)
+                          for name, r in ((embed_part, embed), ("language_model", lm), (head_part, head))}
+    return result
+
+
+def ours_fused(core, ir: Path, past: int, steps: int) -> dict:
+    """Our chat step as one compiled model: the language model, the hidden state of the rows asked
+    for (a `logit_rows` input), lm_head -- the "one call per step" alternative to ours()."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    from openvino._offline_transformations import paged_attention_transformation
+
+    lm, head = core.read_model(str(ir / "language_model.xml")), core.read_model(str(ir / "lm_head.xml"))
+    paged_attention_transformation(lm)
+    rows = ops.parameter([-1], ov.Type.i64, name="logit_rows")
+    hidden = lm.output(0).get_node().input_value(0)  # [tokens,1,H], what the Result reads
+    picked = ops.gather(hidden, rows, ops.constant(0))
+    for target in list(head.get_parameters()[0].output(0).get_target_inputs()):
+        target.replace_source_output(picked.output(0))
+    model = ov.Model([ops.result(head.output(0).get_node().input_value(0))], [*lm.get_parameters(), rows])
+    request = core.compile_model(model, "CPU", {**CONFIG, "PERF_COUNT": True}).create_infer_request()
+    embed = core.compile_model(str(ir / "text_embeddings.xml"), "CPU", CONFIG).create_infer_request()
+    inputs = {"logit_rows": np.zeros(1, np.int64), **bind_cache(request, past)}
+    token = np.zeros((1, 1), np.int64)
+
+    def step():
+        embeds = embed.infer([token], share_inputs=True, share_outputs=True)[0]
+        request.infer({"inputs_embeds": embeds.reshape(1, -1), **inputs}, share_inputs=True, share_outputs=True)
+
+    return run_steps(step, [request], steps)
+
+
+def genai(core, folder: Path, past: int, steps: int) -> dict:
+    lm = paged(core, folder / "openvino_model.xml", {**CONFIG, "PERF_COUNT": True}).create_infer_request()
+    inputs = {"input_ids": np.zeros(1, np.int64), **bind_cache(lm, past)}
+    return run_steps(lambda: lm.infer(inputs, share_inputs=True, share_outputs=True), [lm], steps)
+
+
+def main(argv=None):
+    import openvino as ov
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__.splitlines()[0])
+    p.add_argument("--ir", type=Path, required=True, help="our converted model (int4)")
+    p.add_argument("--genai", type=Path, default=MODELS_DIR / "genai-llama-asym64")
+    p.add_argument("--past-tokens", type=int, default=640)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--config", type=json.loads, default={},
+                   help='extra CPU-plugin settings for every model, e.g. \'{"VALUE_CACHE_PRECISION": "u4"}\'')
+    p.add_argument("--only", choices=("ours", "ours_fused", "genai"), default=None)
+    p.add_argument("--images", default=None, help="e.g. 1,4: our image steps of that many images instead "
+                   "(2 CFG rows each, --past-tokens cached per row); GenAI has no image step")
+    args = p.parse_args(argv)
+    core = ov.Core()
+    CONFIG.update(args.config)
+    out = {"config": dict(CONFIG)}
+    if args.images:
+        for n in map(int, args.images.split(",")):
+            out[f"ours_{n}_images"] = ours(core, args.ir, args.past_tokens, args.steps, images=n)
+    else:
+        for name, fn, where in (("ours", ours, args.ir), ("ours_fused", ours_fused, args.ir),
+                                ("genai", genai, args.genai)):
+            if args.only in (None, name):
+                out[name] = fn(core, where, args.past_tokens, args.steps)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
