@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,6 +34,8 @@ from pathlib import Path
 from .models import MODELS_DIR, default_path
 from .report import machine, machine_slug
 from .run import RESULTS
+
+REPO = Path(__file__).resolve().parents[1]
 
 RECIPES = {"asym64": ["--weight-format", "int4", "--group-size", "64", "--ratio", "1.0"],
            "sym128": ["--weight-format", "int4", "--sym", "--group-size", "128", "--ratio", "1.0"]}
@@ -107,6 +110,37 @@ print(json.dumps({"ttft_s": s["time_to_first_token_s"], "tpot_ms": 1e3 / s["deco
 """
 
 
+# --same-process: both pipelines in one process of the GenAI venv (ours needs no torch or transformers
+# to serve a converted model), requests alternating seconds apart: a VM's slow and fast spells then
+# hit both sides alike, which separate processes minutes apart cannot promise.
+SAME_PROCESS_RUN = r"""
+import json, sys, numpy as np, openvino as ov, openvino_genai as g
+from janus_ov.pipeline import JanusPipeline
+genai_path, ir, n_prompt, n_new, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+genai = g.LLMPipeline(genai_path, "CPU", INFERENCE_PRECISION_HINT="f32")
+ours = JanusPipeline.from_converted(ir)
+ours.runtime.wait_warm()
+config = g.GenerationConfig(max_new_tokens=n_new, min_new_tokens=n_new, ignore_eos=True, do_sample=False)
+words = "lighthouse keeper storm night lamp sea rock ship river bridge town market bread cheese".split()
+def genai_run(seed):
+    ids = np.random.default_rng(seed).integers(1000, 90000, (1, n_prompt), dtype=np.int64)
+    m = genai.generate(g.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))), config).perf_metrics
+    return {"ttft_s": m.get_ttft().mean / 1e3, "tpot_ms": m.get_tpot().mean, "tokens_per_s": m.get_throughput().mean}
+def ours_run(seed):
+    rng, text, count = np.random.default_rng(seed), "", 0
+    while count < n_prompt:  # a new conversation each time: only the system prompt can come from the cache
+        text += words[rng.integers(len(words))] + " "
+        count = len(ours._chat_inputs([{"role": "user", "content": text}], n_new)[0])
+    s = ours.chat([{"role": "user", "content": text}], max_new_tokens=n_new).stats
+    assert s["new_tokens"] == n_new, s
+    return {"ttft_s": s["time_to_first_token_s"], "tpot_ms": 1e3 / s["decode_tokens_per_s"],
+            "tokens_per_s": s["decode_tokens_per_s"], "prompt_tokens": s["prompt_tokens"]}
+genai_run(10 ** 6), ours_run(10 ** 6)  # warm-up
+for i in range(repeats):
+    print(json.dumps({"genai": genai_run(i), "ours": ours_run(i)}), flush=True)
+"""
+
+
 def run(python: str, code: str, *args) -> dict:
     out = subprocess.run([python, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=1800,
                          cwd=Path(__file__).resolve().parents[1])
@@ -124,21 +158,35 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--venv", type=Path, default=Path("/work/genai-venv"))
+    p.add_argument("--same-process", action="store_true", help="both pipelines in one process, requests "
+                   "alternating (see SAME_PROCESS_RUN); the default is a fresh process per run")
     args = p.parse_args(argv)
 
     genai_dir = export(write_llama(args.checkpoint, MODELS_DIR / "genai-llama-source"), args.recipe, args.venv)
     venv_python = str(args.venv / "bin" / "python")
     runs = {"genai": [], "ours": []}
-    for i in range(args.repeats):  # alternating, each in a fresh process
+    if args.same_process:
+        argv = [genai_dir, args.ir, args.prompt_tokens, args.tokens, args.repeats]
+        out = subprocess.run([venv_python, "-c", SAME_PROCESS_RUN, *map(str, argv)], capture_output=True, text=True, timeout=3600,
+                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(REPO)})
+        if out.returncode:
+            raise SystemExit(f"run failed:\n{out.stderr[-3000:]}")
+        for line in out.stdout.strip().splitlines():
+            pair = json.loads(line)
+            for side in runs:
+                runs[side].append(pair[side])
+    for i in range(0 if args.same_process else args.repeats):  # alternating, each in a fresh process
         runs["genai"].append(run(venv_python, GENAI_RUN, genai_dir, args.prompt_tokens, args.tokens))
         runs["ours"].append(run(sys.executable, OURS_RUN, args.ir, args.prompt_tokens, args.tokens))
         print(f"round {i + 1}: genai {runs['genai'][-1]}  ours {runs['ours'][-1]}", flush=True)
     summary = {k: {m: statistics.median(r[m] for r in v) for m in ("ttft_s", "tpot_ms", "tokens_per_s")}
                for k, v in runs.items()}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "recipe": args.recipe,
+              "mode": "same process, alternating requests" if args.same_process else "a fresh process per run",
               "prompt_tokens": args.prompt_tokens, "tokens": args.tokens, "runs": runs, "median": summary,
               "ours_vs_genai_tokens_per_s": summary["ours"]["tokens_per_s"] / summary["genai"]["tokens_per_s"]}
-    out = RESULTS / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-genai-anchor-{args.recipe}.json"
+    tag = "-same-process" if args.same_process else ""
+    out = RESULTS / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-genai-anchor-{args.recipe}{tag}.json"
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(json.dumps(summary, indent=2), f"\nours / genai tokens/s: {result['ours_vs_genai_tokens_per_s']:.2f}",
           f"\nwritten {out}")

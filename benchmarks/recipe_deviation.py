@@ -114,6 +114,7 @@ def main(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=192)
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     p.add_argument("--checkpoint", type=Path, default=default_path("janus-pro-1b"),
                    help="the checkpoint the IRs came from (for the per-layer errors)")
     args = p.parse_args(argv)
@@ -144,7 +145,7 @@ def main(argv=None):
         del runtime
     result["layer_0_output_rel_error"] = layer_errors(args.checkpoint, [n for n in irs if n != "fp32"])
     print(json.dumps(result["layer_0_output_rel_error"]))
-    out = RESULTS / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-recipe-deviation.json"
+    out = args.out / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-recipe-deviation.json"
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print("written", out)
 

@@ -172,3 +172,38 @@ def test_serving_benchmark_runs_both_modes_and_reports_the_targets(tiny_ir_fp32,
         assert row["chat_tokens_per_s"] > 0 and row["image_steps_per_s"] > 0 and row["peak_rss_gib"] > 0
     report = (tmp_path / "serve.md").read_text(encoding="utf-8")
     assert "| batched/4 |" in report and "faster than the pool" in report and "first token while an image runs" in report
+
+
+def test_step_profile_times_chat_image_and_fused_steps_per_layer_type(tiny_ir_fp32):
+    """benchmarks.step_profile on the tiny model: each kind of step runs and the plugin's counters
+    account for it (the GenAI side needs an optimum export: benchmarks/requirements-genai.txt)."""
+    import openvino as ov
+
+    from benchmarks import step_profile
+
+    core = ov.Core()
+    for result in (step_profile.ours(core, tiny_ir_fp32, past=40, steps=3),
+                   step_profile.ours(core, tiny_ir_fp32, past=40, steps=3, images=2),
+                   step_profile.ours_fused(core, tiny_ir_fp32, past=40, steps=3)):
+        # The counters' layers are the step's work: they add up to no more than its wall time.
+        assert 0 < result["profiled_ms"] <= 1.5 * result["step_ms"], result
+    assert set(step_profile.ours(core, tiny_ir_fp32, past=40, steps=2, images=1)["calls_ms"]) == {
+        "gen_embeddings", "language_model", "gen_head"}
+
+
+def test_recipe_deviation_is_zero_against_itself_and_orders_the_recipes(tiny_model_dir, tiny_ir_fp32, tmp_path):
+    """benchmarks.recipe_deviation: the reference against itself deviates by nothing (same inputs, same
+    numbers), and per matmul int8 < int4 < int4-sym128 on the checkpoint's own weights."""
+    from benchmarks import recipe_deviation
+
+    recipe_deviation.main(["--ir", f"fp32={tiny_ir_fp32}", "--ir", f"int8={tiny_ir_fp32}", "--prompt-tokens", "16",
+                           "--steps", "4", "--checkpoint", str(tiny_model_dir), "--out", str(tmp_path)])
+    res = json.loads(next(tmp_path.glob("*-recipe-deviation.json")).read_text(encoding="utf-8"))
+    same = res["formats"]["int8"]
+    assert same["language_model"]["hidden_rel_error_max"] == 0.0
+    for part in ("text", "image"):
+        assert same["as_shipped"][part]["top1_agreement"] == 1.0 and same["as_shipped"][part]["kl_max"] < 1e-9
+    layers = recipe_deviation.layer_errors(tiny_model_dir, ["int8", "int4", "int4-sym128"])
+    for layer in recipe_deviation.LAYER_0:
+        assert 0 < layers["int8"][layer] < 0.03 and layers["int8"][layer] < layers["int4"][layer] < 0.2
+        assert layers["int4-sym128"][layer] > 0
