@@ -155,11 +155,39 @@ def _janus_checkpoint_problem_meta(path: Path) -> str | None:
 def _download(repo_id: str, revision: str | None, patterns, progress: bool) -> Path:
     from huggingface_hub import snapshot_download
 
+    sweep_dead_partials(repo_id)
     kwargs = {} if progress else {"tqdm_class": _SilentTqdm()}
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **kwargs))
     except Exception as e:  # noqa: BLE001 - every Hub failure becomes one clear paragraph
         raise _hub_error(e, repo_id, revision) from None
+
+
+def sweep_dead_partials(repo_id: str) -> list[Path]:
+    """Delete the partial blobs a killed download of `repo_id` left in the Hub cache; returns them.
+
+    huggingface_hub downloads each file to a process-unique `<etag>.<id>.incomplete` blob while it
+    holds `.locks/<repo>/<etag>.lock`, and never resumes or removes one whose process died: a killed
+    first launch would leave up to gigabytes there for good. A partial whose lock we can take has no
+    live writer (a download under way holds it), so it goes.
+    """
+    from filelock import FileLock, Timeout
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = repo_folder_name(repo_id=repo_id, repo_type="model")
+    blobs = Path(constants.HF_HUB_CACHE) / folder / "blobs"
+    removed = []
+    for etag in sorted({p.name.split(".")[0] for p in blobs.glob("*.incomplete")}):
+        lock = FileLock(Path(constants.HF_HUB_CACHE) / ".locks" / folder / f"{etag}.lock")
+        try:
+            with lock.acquire(timeout=0):
+                for partial in blobs.glob(f"{etag}.*incomplete"):
+                    partial.unlink(missing_ok=True)
+                    removed.append(partial)
+        except (Timeout, OSError):
+            continue  # being downloaded right now, or not ours to touch
+    return removed
 
 
 def _SilentTqdm():

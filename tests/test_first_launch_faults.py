@@ -224,8 +224,7 @@ def test_a_full_cache_disk_fails_clearly_and_leaves_nothing(chains):
     assert s["after"]["published"] == {} and s["after"]["staged"] == {} and s["after"]["litter"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT (reported): a download SIGKILLed midway leaves huggingface_hub's "
-                   "process-unique <etag>.<id>.incomplete blob in the Hub cache for good; no later launch "
-                   "resumes or removes it (janus_ov/resolve.py _download)")
 def test_a_killed_download_leaves_no_partial_file_in_the_hub_cache(chains):
+    """huggingface_hub never resumes or removes a killed process's <etag>.<id>.incomplete blob; the
+    next launch's download sweeps it (resolve.sweep_dead_partials)."""
     assert get(chains, "recovery")["partials"] == []

@@ -209,3 +209,25 @@ def test_export_cli_reports_bad_models_in_one_paragraph(model, expected, tmp_pat
     assert proc.stderr.startswith("error: ") and expected in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dead_downloads_partial_blob_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """huggingface_hub writes <etag>.<id>.incomplete while holding .locks/<repo>/<etag>.lock: a partial
+    whose lock is free was left by a killed process and goes; one whose lock is held is being written."""
+    from filelock import FileLock
+    from huggingface_hub import constants
+
+    from janus_ov.resolve import sweep_dead_partials
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    blobs, locks = tmp_path / "models--org--janus" / "blobs", tmp_path / ".locks" / "models--org--janus"
+    blobs.mkdir(parents=True)
+    locks.mkdir(parents=True)
+    dead, live, done = blobs / "deadbeef.1a2b3c4d.incomplete", blobs / "cafe.5e6f7a8b.incomplete", blobs / "f00d"
+    for path in (dead, live, done):
+        path.write_bytes(b"x" * 1000)
+    with FileLock(locks / "cafe.lock"):  # another download of that blob is under way
+        assert sweep_dead_partials("org/janus") == [dead]
+    assert not dead.exists() and live.exists() and done.exists()
+    assert sweep_dead_partials("org/janus") == [live]  # its writer is gone now
+    assert sweep_dead_partials("other/repo") == []  # no cache for it: nothing to do
