@@ -366,14 +366,12 @@ def _judge_disk_error(victim: Launch) -> list[str]:
 
 def message_notes(victim: Launch) -> list[str]:
     """Numbers in a full-disk message that mislead (reported, not counted as failures)."""
-    import re
-
     notes = []
-    free = re.search(r"is full \((\d+) MiB free", victim.error or "")
-    if free and int(free.group(1)) > 0:
-        notes.append(f"says the disk is full with {free.group(1)} MiB free: measured after the failed build was removed")
-    if "about 0.0 GiB" in (victim.error or ""):
-        notes.append("says the conversion needs about 0.0 GiB")
+    error = victim.error or ""
+    if "is full (" in error and "when the conversion started" not in error:
+        notes.append("gives the free space measured after the failed build was removed, not the room there was")
+    if "0.0 GiB" in error:
+        notes.append("gives a size as 0.0 GiB")
     return notes
 
 

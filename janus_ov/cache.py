@@ -91,6 +91,7 @@ def entry_name(resolved: Resolved, weights: str) -> str:
 def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> Path:
     """Convert into a fresh temporary directory under `tmp_root`, then publish it as `dest` with one
     atomic rename. A crash at any point leaves either no `dest` or the previous one, never half of one."""
+    free_at_start = _free(tmp_root)  # for a full-disk message: once the partial build is gone, the disk looks roomy
     try:
         with staged(dest, tmp_root) as tmp:
             from . import convert  # imports torch lazily: only here, when a conversion is really needed
@@ -110,7 +111,7 @@ def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> 
     except BaseException as e:
         if not isinstance(e, Exception):
             raise  # KeyboardInterrupt / SystemExit: clean up and let them through
-        if full := disk_full(tmp_root, e, resolved.path):
+        if full := disk_full(tmp_root, e, resolved.path, free_at_start):
             raise ConversionError(f"Converting {resolved.source} failed: {full}") from None
         raise ConversionError(f"Converting {resolved.source} to OpenVINO IR failed ({type(e).__name__}: {e}). "
                               f"Nothing was cached; check the checkpoint is complete and supported.") from e
@@ -119,27 +120,40 @@ def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> 
     return dest
 
 
-def disk_full(root: Path, error: BaseException, source: Path | None = None) -> str | None:
+def disk_full(root: Path, error: BaseException, source: Path | None = None, free_at_start: int | None = None
+              ) -> str | None:
     """A readable sentence if `error` came from a full disk under `root` (OpenVINO's writer says only
-    "basic_ios::clear: iostream error", safetensors "No space left on device"), else None."""
+    "basic_ios::clear: iostream error", safetensors "No space left on device"), else None.
+    free_at_start: the free bytes before the work began (what was really there to fill)."""
     import errno
 
     text = f"{error} {error.__cause__ or ''}"
     if getattr(error, "errno", None) != errno.ENOSPC and not any(
             words in text for words in ("No space left", "iostream error", "ENOSPC")):
         return None
-    try:
-        free = shutil.disk_usage(root).free
-    except OSError:
+    free = _free(root)
+    if free is None:
         return None
-    if "iostream error" in text and free > 2**30:
+    if "iostream error" in text and free > 2**30 and (free_at_start is None or free_at_start > 2**30):
         return None  # not the disk, then
+    room = f"{_size(free)} free" if free_at_start is None else f"{_size(free_at_start)} were free when the conversion started"
     need = ""
     if source is not None and Path(source).is_dir():
         size = sum(f.stat().st_size for f in Path(source).rglob("*") if f.is_file())
-        need = f"; converting this checkpoint needs about {size / 2**30:.1f} GiB there"
-    return (f"the disk holding {root} is full ({free / 2**20:.0f} MiB free{need}). Nothing was cached: free some "
+        need = f"; leave at least the checkpoint's size, {_size(size)}, free there"
+    return (f"the disk holding {root} is full ({room}{need}). Nothing was cached: free some "
             f"space, or set {ENV_VAR} / --cache-dir to a disk with room.")
+
+
+def _free(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{max(n, 0) / 2**20:.0f} MiB"
 
 
 def _write_manifest(directory: Path, resolved: Resolved, weights: str) -> dict:

@@ -183,7 +183,8 @@ def test_entry_key_depends_on_weights_and_exporter_version(tiny_model_dir, monke
 
 
 def test_bad_weight_format(tiny_model_dir):
-    with pytest.raises(InvalidInputError, match="Unknown weight format 'int3'; choose one of int4, int4-sym128, int8, fp16, fp32"):
+    with pytest.raises(InvalidInputError,
+                       match="Unknown weight format 'int3'; choose one of int4, int4-sym128, int8, fp16, fp32"):
         ensure_converted(str(tiny_model_dir), weights="int3")
 
 

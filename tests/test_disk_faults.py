@@ -7,6 +7,7 @@ Mounting needs root (our machines and CI run as root); elsewhere these tests are
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,4 +64,9 @@ def test_a_conversion_on_a_full_disk_names_the_disk(tiny_model_dir, mount):
     with pytest.raises(ConversionError, match="is full") as err:
         ensure_converted(str(tiny_model_dir), weights="int4", cache_dir=cache, progress=None)
     assert str(cache) in str(err.value) and "Nothing was cached" in str(err.value)
+    # The room there was to fill (not what is free once the partial build is gone), and the checkpoint's
+    # size in a unit that shows it (the tiny one is well under 0.1 GiB).
+    room = re.search(r"\((\d+) MiB were free when the conversion started; leave at least the checkpoint's size, "
+                     r"(\d+) MiB, free there\)", str(err.value))
+    assert room and int(room.group(1)) <= 3 and int(room.group(2)) >= 1, str(err.value)
     assert [p for p in cache.iterdir() if p.name != ".locks"] == []  # no half-written entry, no staging
