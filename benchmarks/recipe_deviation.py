@@ -88,7 +88,7 @@ def layer_errors(checkpoint, recipes, rows: int = 16) -> dict:
 
     nncf.set_log_level(logging.ERROR)
     out = {name: {} for name in recipes}
-    shard = next(f for f in sorted(checkpoint.glob("*.safetensors")))
+    shard = sorted(checkpoint.glob("*.safetensors"))[0]
     rng = np.random.default_rng(0)
     with safe_open(shard, "pt") as f:
         for layer in LAYER_0:

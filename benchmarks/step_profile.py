@@ -31,30 +31,20 @@ CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
 def paged(core, xml: Path, config: dict):
-    from openvino._offline_transformations import paged_attention_transformation
+    from janus_ov.kv_cache import compile_paged
 
-    model = core.read_model(str(xml))
-    paged_attention_transformation(model)
-    return core.compile_model(model, "CPU", config)
+    return compile_paged(core, core.read_model(str(xml)), "CPU", config)
 
 
-def bind_cache(request, past: int, rows: int = 1, block: int = 32) -> dict:
-    """Cache tensors for `rows` sequences of `past` cached tokens each (random bytes: speed does not
-    depend on them) and the bookkeeping inputs of one new token per row."""
-    import openvino as ov
+def bind_cache(request, past: int, rows: int = 1) -> dict:
+    """Cache tensors for `rows` sequences of `past` cached tokens each (their bytes are whatever the
+    fresh tensors hold: speed does not depend on them) and the inputs of one new token per row."""
+    from janus_ov.kv_cache import PagedKVCache
 
-    per_row = past // block + 1
-    for port in request.get_compiled_model().inputs:
-        name = port.get_any_name()
-        if name.startswith(("key_cache.", "value_cache.")):
-            shape = port.get_partial_shape()
-            request.set_tensor(name, ov.Tensor(port.get_element_type(),
-                                               [rows * per_row] + [shape[i].get_length() for i in range(1, 4)]))
-    return {"position_ids": np.full(rows, past, np.int64), "past_lens": np.full(rows, past, np.int32),
-            "subsequence_begins": np.arange(rows + 1, dtype=np.int32),
-            "block_indices": np.arange(rows * per_row, dtype=np.int32),
-            "block_indices_begins": np.arange(0, rows * per_row + 1, per_row, dtype=np.int32),
-            "max_context_len": np.array(past + 1, np.int32)}
+    kv = PagedKVCache(request)
+    kv.start([past + 1] * rows)
+    kv.past[:] = past  # as if prefilled
+    return kv.step_inputs(np.ones(rows, np.int32))
 
 
 def by_layer_type(requests) -> dict:

@@ -91,18 +91,24 @@ def entry_name(resolved: Resolved, weights: str) -> str:
 def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> Path:
     """Convert into a fresh temporary directory under `tmp_root`, then publish it as `dest` with one
     atomic rename. A crash at any point leaves either no `dest` or the previous one, never half of one."""
-    free_at_start = _free(tmp_root)  # for a full-disk message: once the partial build is gone, the disk looks roomy
+    # For a full-disk message: the room there was, and what was left when it failed (measured before
+    # staged() removes the partial build, after which the disk looks roomy).
+    free_at_start, free_at_failure = _free(tmp_root), None
     try:
         with staged(dest, tmp_root) as tmp:
-            from . import convert  # imports torch lazily: only here, when a conversion is really needed
+            try:
+                from . import convert  # imports torch lazily: only here, when a conversion is really needed
 
-            say(f"Converting {resolved.source} to OpenVINO IR with {weights} weights; this is done once, "
-                f"later launches load {dest}")
-            convert.convert_checkpoint(resolved.path, tmp, weights=weights, progress=say)
-            missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
-            if missing:
-                raise ConversionError(f"The conversion of {resolved.source} did not produce {', '.join(missing)}.")
-            _write_manifest(tmp, resolved, weights)
+                say(f"Converting {resolved.source} to OpenVINO IR with {weights} weights; this is done once, "
+                    f"later launches load {dest}")
+                convert.convert_checkpoint(resolved.path, tmp, weights=weights, progress=say)
+                missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
+                if missing:
+                    raise ConversionError(f"The conversion of {resolved.source} did not produce {', '.join(missing)}.")
+                _write_manifest(tmp, resolved, weights)
+            except Exception:
+                free_at_failure = _free(tmp_root)
+                raise
     except JanusError:
         raise
     except MemoryError:
@@ -111,7 +117,7 @@ def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> 
     except BaseException as e:
         if not isinstance(e, Exception):
             raise  # KeyboardInterrupt / SystemExit: clean up and let them through
-        if full := disk_full(tmp_root, e, resolved.path, free_at_start):
+        if full := disk_full(tmp_root, e, resolved.path, free_at_start, free_at_failure):
             raise ConversionError(f"Converting {resolved.source} failed: {full}") from None
         raise ConversionError(f"Converting {resolved.source} to OpenVINO IR failed ({type(e).__name__}: {e}). "
                               f"Nothing was cached; check the checkpoint is complete and supported.") from e
@@ -120,21 +126,22 @@ def build(resolved: Resolved, weights: str, dest: Path, tmp_root: Path, say) -> 
     return dest
 
 
-def disk_full(root: Path, error: BaseException, source: Path | None = None, free_at_start: int | None = None
-              ) -> str | None:
+def disk_full(root: Path, error: BaseException, source: Path | None = None, free_at_start: int | None = None,
+              free_at_failure: int | None = None) -> str | None:
     """A readable sentence if `error` came from a full disk under `root` (OpenVINO's writer says only
     "basic_ios::clear: iostream error", safetensors "No space left on device"), else None.
-    free_at_start: the free bytes before the work began (what was really there to fill)."""
+    free_at_start / free_at_failure: free bytes before the work began (the room there was to fill) and
+    when it failed (default: now)."""
     import errno
 
     text = f"{error} {error.__cause__ or ''}"
     if getattr(error, "errno", None) != errno.ENOSPC and not any(
             words in text for words in ("No space left", "iostream error", "ENOSPC")):
         return None
-    free = _free(root)
+    free = _free(root) if free_at_failure is None else free_at_failure
     if free is None:
         return None
-    if "iostream error" in text and free > 2**30 and (free_at_start is None or free_at_start > 2**30):
+    if "iostream error" in text and free > 2**30:
         return None  # not the disk, then
     room = f"{_size(free)} free" if free_at_start is None else f"{_size(free_at_start)} were free when the conversion started"
     need = ""
