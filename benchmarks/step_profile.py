@@ -67,7 +67,7 @@ def run_steps(step, requests, steps: int) -> dict:
         times.append((time.perf_counter() - t0) * 1e3)
     layers = by_layer_type(requests)  # the counters of the last step
     return {"step_ms": statistics.median(times), "profiled_ms": sum(layers.values()),
-            "layers_ms": {k: round(v, 3) for k, v in layers.items() if v >= 0.05}}
+            "layers_ms": {k: round(v, 3) for k, v in layers.items()}}
 
 
 def ours(core, ir: Path, past: int, steps: int, images: int = 0) -> dict:

@@ -185,8 +185,10 @@ def test_step_profile_times_chat_image_and_fused_steps_per_layer_type(tiny_ir_fp
     for result in (step_profile.ours(core, tiny_ir_fp32, past=40, steps=3),
                    step_profile.ours(core, tiny_ir_fp32, past=40, steps=3, images=2),
                    step_profile.ours_fused(core, tiny_ir_fp32, past=40, steps=3)):
-        # The counters' layers are the step's work: they add up to no more than its wall time.
-        assert 0 < result["profiled_ms"] <= 1.5 * result["step_ms"], result
+        # The counters name what ran (not a timing check: the counters are of one step, the wall time a median).
+        assert result["step_ms"] > 0 and result["profiled_ms"] > 0, result
+        assert "PagedAttentionExtension" in result["layers_ms"] and any(
+            kind.startswith("FullyConnected") for kind in result["layers_ms"]), result
     assert set(step_profile.ours(core, tiny_ir_fp32, past=40, steps=2, images=1)["calls_ms"]) == {
         "gen_embeddings", "language_model", "gen_head"}
 
