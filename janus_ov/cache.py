@@ -33,8 +33,9 @@ from .resolve import MANIFEST, Resolved, resolve
 
 # Bump whenever the IR layout or anything the runtime reads from an export changes:
 # entries and exports made by another version are then rebuilt / refused, never misread.
-EXPORTER_VERSION = 4  # 2: INT8 vision encoder in the int4/int8 formats; 3: VQ decoder takes any number of token rows;
-# 4: DeepSeek-format repos get their own resize rule, prompt style from sft_format, Janus-1.3B's image tag
+EXPORTER_VERSION = 5  # 2: INT8 vision encoder in the int4/int8 formats; 3: VQ decoder takes any number of token rows;
+# 4: DeepSeek-format repos get their own resize rule, prompt style from sft_format, Janus-1.3B's image tag;
+# 5: the screened lm_head (screened_head.py) in the integer formats
 MANIFEST_FORMAT = 1
 ENV_VAR = "JANUS_OV_CACHE"
 REQUIRED_FILES = tuple(f"{p}.{ext}" for p in PARTS for ext in ("xml", "bin")) + (MODEL_INFO, "tokenizer.json")

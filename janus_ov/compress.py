@@ -8,9 +8,10 @@ fp32 export; full-size Janus-Pro-1B: bytes) and by how often each part's weights
   size 64, ratio 1.0, as the reference OpenVINO notebook does (NNCF keeps its last matmul in
   INT8 by default, as the notebook does too).
 - lm_head (V x H, 0.42 GB in fp16 for Pro-1B) is read in full for every text token: INT8
-  per-channel halves those bytes for a logit error far below the int4 LM's. INT4 would save
-  another ~0.1 GB per token but is where a model's output distribution is most sensitive,
-  so it stays INT8 (the same "last layer in INT8" rule NNCF applies).
+  per-channel halves those bytes for a logit error far below the int4 LM's. The logits are where a
+  model's output distribution is most sensitive (hence NNCF's "last layer in INT8" rule), so the
+  ones that decide a token stay INT8: `int8-screened` (screened_head.py) ranks the vocabulary with
+  per-channel INT4 weights, another ~0.1 GB less per token, and recomputes the best 64 from INT8.
 - gen_head (H x H + H x 16384, 67 MB fp16) is read for every image step (576 per image):
   INT8 for the same reason as lm_head.
 - text_embeddings (a Gather: only the looked-up rows are read) is large on disk and in RAM
@@ -39,7 +40,7 @@ _INT4_PLAN = {
     "vision": "int8",
     "text_embeddings": "int8",
     "language_model": "int4",
-    "lm_head": "int8",
+    "lm_head": "int8-screened",
     "gen_embeddings": "fp16",
     "gen_head": "int8",
     "vq_decoder": "fp16",
@@ -66,6 +67,9 @@ RECIPES = {
     # NNCF's data-free default. "adjust": a matmul whose input width 128 does not divide (none in the
     # real checkpoints; the tiny model's 64-wide ones) gets the largest group size that does.
     "int4-sym128": {"mode": "INT4_SYM", "group_size": 128, "ratio": 1.0, "group_size_fallback": "adjust"},
+    # The screen of int8-screened: one scale per row is enough to rank (and is the fastest int4 kernel);
+    # all_layers: NNCF would otherwise keep a model's last matmul out of int4.
+    "int4-channel": {"mode": "INT4_SYM", "group_size": -1, "ratio": 1.0, "all_layers": True},
 }
 
 
@@ -84,15 +88,29 @@ def nncf_arguments(mode: str) -> dict:
 
 
 def compress_as(ov_model, mode: str):
-    """Apply one weight type ("fp32", "fp16" or a key of RECIPES) to every weight of `ov_model`."""
+    """Apply one weight type ("fp32", "fp16", "int8-screened" or a key of RECIPES) to every weight of `ov_model`."""
     import nncf
 
     if mode in ("fp32", "fp16"):
         set_float_weights(ov_model, "f32" if mode == "fp32" else "f16")
         return ov_model
-    ov_model = nncf.compress_weights(ov_model, **nncf_arguments(mode))
+    if mode == "int8-screened":
+        ov_model = _screened(ov_model)
+    else:
+        ov_model = nncf.compress_weights(ov_model, **nncf_arguments(mode))
     set_float_weights(ov_model, "f16")  # whatever NNCF left in bf16 (e.g. nothing to compress)
     return ov_model
+
+
+def _screened(ov_model):
+    """The lm_head rebuilt by screened_head.py, its exact rows INT8 and its screen per-channel INT4."""
+    import nncf
+
+    from .screened_head import EXACT, SCREEN, screened
+
+    ov_model = screened(ov_model)
+    ov_model = nncf.compress_weights(ov_model, **nncf_arguments("int8"), ignored_scope=nncf.IgnoredScope(names=[SCREEN]))
+    return nncf.compress_weights(ov_model, **nncf_arguments("int4-channel"), ignored_scope=nncf.IgnoredScope(names=[EXACT]))
 
 
 def set_float_weights(ov_model, target: str) -> None:

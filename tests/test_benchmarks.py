@@ -209,3 +209,23 @@ def test_recipe_deviation_is_zero_against_itself_and_orders_the_recipes(tiny_mod
     for layer in recipe_deviation.LAYER_0:
         assert 0 < layers["int8"][layer] < 0.03 and layers["int8"][layer] < layers["int4"][layer] < 0.2
         assert layers["int4-sym128"][layer] > 0
+
+
+def test_lm_head_benchmark_times_both_heads_and_keeps_the_top_token(tiny_ir_fp32, tmp_path):
+    """benchmarks.lm_head on the tiny export: both heads timed at each row count; against the fp32 head
+    the screened one keeps INT8 precision on the top logits and a larger error on the rest (the int4
+    tail), and the fp32 top token always stays within the screen's candidates."""
+    from benchmarks import lm_head
+
+    res = lm_head.main(["--ir", str(tiny_ir_fp32), "--rows", "1,3", "--calls", "12", "--samples", "64",
+                        "--out", str(tmp_path / "head.json")])
+    assert json.loads((tmp_path / "head.json").read_text(encoding="utf-8")) == json.loads(json.dumps(res))
+    for rows in ("1 rows", "3 rows"):
+        assert set(res["ms_per_call"][rows]) == {"int8", "int8-screened"}
+        assert all(ms > 0 for ms in res["ms_per_call"][rows].values())
+    dev = res["deviation"]
+    assert dev["int8-screened"]["top8_rel_error"] < 0.02 and dev["int8"]["top8_rel_error"] < 0.02
+    assert dev["int8-screened"]["all_rel_error"] > 3 * dev["int8"]["all_rel_error"]
+    assert dev["int4-channel"]["all_rel_error"] > dev["int8-screened"]["all_rel_error"] * 0.9
+    assert dev["screen_rank_of_top1"]["max"] < dev["screen_rank_of_top1"]["candidates"]
+    assert dev["int8-screened"]["top1_agreement"] >= 0.9 and dev["int8-screened"]["kl_t1"] > 0
