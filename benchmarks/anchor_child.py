@@ -2,7 +2,9 @@
 
     python -m benchmarks.anchor_child SIDES GENAI_DIR OUR_IR PROMPT_TOKENS NEW_TOKENS ROUNDS
 
-SIDES: "genai", "ours" or "genai,ours" (both in this process, requests alternating). Each side is
+SIDES: "genai", "ours", or several of genai, ours, genai_bare, ours_bare, comma-separated (all in this
+process, requests alternating). The bare sides are each graph's decode step alone, its inputs bound once
+(benchmarks.step_profile, after a PROMPT_TOKENS cache): what each pipeline adds over its own calls. Each side is
 loaded once, warmed up on a prompt of another seed (so no prefix of a measured prompt is cached),
 then measured ROUNDS times on new prompts. Only the sides asked for are imported: GenAI needs its
 own venv (benchmarks/requirements-genai.txt), ours needs neither torch nor transformers to serve a
@@ -57,10 +59,37 @@ def ours_side(ir: str, n_prompt: int, n_new: int):
     return run
 
 
+def bare_side(name: str, path: str, n_prompt: int, n_new: int):
+    """run(seed) -> the median ms of n_new decode steps of a graph alone (step_profile's chat step)."""
+    import statistics
+    import time
+    from pathlib import Path
+
+    import openvino as ov
+
+    from . import step_profile
+
+    maker = step_profile.genai if name == "genai_bare" else step_profile.ours
+    step, _ = maker(ov.Core(), Path(path), n_prompt)
+
+    def run(seed):
+        times = []
+        for _ in range(n_new):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        tpot_ms = 1e3 * statistics.median(times)
+        return {"tpot_ms": tpot_ms, "tokens_per_s": 1e3 / tpot_ms}
+
+    return run
+
+
 def main(argv=None):
     sides, genai_dir, ir, n_prompt, n_new, rounds = argv or sys.argv[1:]
     n_prompt, n_new = int(n_prompt), int(n_new)
-    makers = {"genai": lambda: genai_side(genai_dir, n_prompt, n_new), "ours": lambda: ours_side(ir, n_prompt, n_new)}
+    makers = {"genai": lambda: genai_side(genai_dir, n_prompt, n_new), "ours": lambda: ours_side(ir, n_prompt, n_new),
+              "genai_bare": lambda: bare_side("genai_bare", genai_dir, n_prompt, n_new),
+              "ours_bare": lambda: bare_side("ours_bare", ir, n_prompt, n_new)}
     runs = {side: makers[side]() for side in sides.split(",")}
     for run in runs.values():
         run(WARM_UP_SEED)

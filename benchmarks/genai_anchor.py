@@ -4,7 +4,7 @@ in a fresh process (issue 21).
 
     python -m benchmarks.genai_anchor [--checkpoint DIR] [--ir OUR_IR] [--recipe asym64|sym128]
                                       [--prompt-tokens 640] [--tokens 128] [--repeats 3] [--venv DIR]
-                                      [--same-process]
+                                      [--same-process [--bare]]
 
 1. From a transformers-format Janus checkpoint (default: the random Janus-Pro-1B of benchmarks.models)
    its language model and LM head are written as a LlamaForCausalLM folder, and optimum-intel exports
@@ -99,13 +99,15 @@ def main(argv=None):
     p.add_argument("--same-process", action="store_true", help="both pipelines in one process, requests "
                    "alternating: a VM's slow and fast spells then hit both sides alike; the default is a fresh "
                    "process per run")
+    p.add_argument("--bare", action="store_true", help="with --same-process: also each graph's decode step alone "
+                   "(inputs bound once), to show what each pipeline adds over its own calls")
     args = p.parse_args(argv)
 
     genai_dir = export(write_llama(args.checkpoint, MODELS_DIR / "genai-llama-source"), args.recipe, args.venv)
     venv_python = str(args.venv / "bin" / "python")
-    runs = {"genai": [], "ours": []}
+    runs = {"genai": [], "ours": [], **({"genai_bare": [], "ours_bare": []} if args.bare else {})}
     if args.same_process:  # one process of the GenAI venv, requests alternating (anchor_child)
-        rounds = child(venv_python, "genai,ours", genai_dir, args.ir, args.prompt_tokens, args.tokens, args.repeats)
+        rounds = child(venv_python, ",".join(runs), genai_dir, args.ir, args.prompt_tokens, args.tokens, args.repeats)
     else:  # alternating, each side in a fresh process of its own interpreter
         rounds = []
         for i in range(args.repeats):
@@ -115,13 +117,15 @@ def main(argv=None):
     for pair in rounds:
         for side in runs:
             runs[side].append(pair[side])
-    summary = {k: {m: statistics.median(r[m] for r in v) for m in ("ttft_s", "tpot_ms", "tokens_per_s")}
+    summary = {k: {m: statistics.median(r[m] for r in v) for m in ("ttft_s", "tpot_ms", "tokens_per_s") if m in v[0]}
                for k, v in runs.items()}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "recipe": args.recipe,
               "mode": "same process, alternating requests" if args.same_process else "a fresh process per run",
               "prompt_tokens": args.prompt_tokens, "tokens": args.tokens, "runs": runs, "median": summary,
               "ours_vs_genai_tokens_per_s": summary["ours"]["tokens_per_s"] / summary["genai"]["tokens_per_s"]}
-    tag = "-same-process" if args.same_process else ""
+    result["ours_ahead_in_pairs"] = f"{sum(o['tokens_per_s'] > g['tokens_per_s'] for g, o in zip(runs['genai'], runs['ours']))}" \
+                                    f" of {len(runs['ours'])}"
+    tag = ("-same-process" if args.same_process else "") + ("-bare" if args.bare else "")
     out = RESULTS / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-genai-anchor-{args.recipe}{tag}.json"
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(json.dumps(summary, indent=2), f"\nours / genai tokens/s: {result['ours_vs_genai_tokens_per_s']:.2f}",

@@ -3,9 +3,9 @@
 Both graphs (and ours fused into one model with its LM head, "ours_fused") are made PagedAttention
 models by the same OpenVINO transformation and compiled with the same settings (LATENCY, f32
 inference precision), then fed one token after a --past-token cache, the way a chat decodes.
-Per model it prints the median wall time of a step (all of the model's calls) and,
-from the CPU plugin's own profiling counters, the time per executed layer type, so the two can be
-compared line by line (issue 21: "find where our extra ms per token go").
+The models take turns, one step each. Per model it prints the median wall time of a step (all of
+the model's calls) and, from the CPU plugin's own profiling counters, the mean time per executed
+layer type, so the two can be compared line by line (issue 21: "find where our extra ms per token go").
 
     python -m benchmarks.step_profile --ir OUR_IR [--genai DIR] [--past-tokens 640] [--steps 40]
     python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --past-tokens 300   # image steps: what grows with rows
@@ -47,30 +47,41 @@ def bind_cache(request, past: int, rows: int = 1) -> dict:
     return kv.step_inputs(np.ones(rows, np.int32))
 
 
-def by_layer_type(requests) -> dict:
+def by_layer_type(request) -> dict:
     """ms per executed layer type (the plugin's node type, as it ran: fusions show as one node)."""
     totals: dict = defaultdict(float)
-    for request in requests:
-        for info in request.profiling_info:
-            if info.status.name == "EXECUTED":
-                totals[info.node_type] += info.real_time.total_seconds() * 1e3
+    for info in request.profiling_info:
+        if info.status.name == "EXECUTED":
+            totals[info.node_type] += info.real_time.total_seconds() * 1e3
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
-def run_steps(step, requests, steps: int) -> dict:
-    for _ in range(5):
-        step()
-    times = []
+def run_steps(models: dict, steps: int) -> dict:
+    """models: name -> (step, {call: its infer request}). The models take turns step by step, so this
+    VM's slow and fast spells (+-20 % within minutes) hit them alike. Per model: the median step, and
+    the plugin's counters per layer type and per call, averaged over the measured steps."""
+    for step, _ in models.values():
+        for _ in range(5):
+            step()
+    times = {name: [] for name in models}
+    layers = {name: defaultdict(float) for name in models}
+    calls = {name: defaultdict(float) for name in models}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    layers = by_layer_type(requests)  # the counters of the last step
-    return {"step_ms": statistics.median(times), "profiled_ms": sum(layers.values()),
-            "layers_ms": {k: round(v, 3) for k, v in layers.items()}}
+        for name, (step, requests) in models.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+            for call, request in requests.items():
+                for layer, ms in by_layer_type(request).items():
+                    layers[name][layer] += ms / steps
+                    calls[name][call] += ms / steps
+    return {name: {"step_ms": statistics.median(times[name]), "profiled_ms": sum(layers[name].values()),
+                   "calls_ms": {k: round(v, 2) for k, v in calls[name].items()},
+                   "layers_ms": {k: round(v, 3) for k, v in sorted(layers[name].items(), key=lambda kv: -kv[1])}}
+            for name in models}
 
 
-def ours(core, ir: Path, past: int, steps: int, images: int = 0) -> dict:
+def ours(core, ir: Path, past: int, images: int = 0):
     """A chat step (images=0: text embedding, language model, lm_head) or an image step of `images`
     images (2 CFG rows each: image-token embedding, language model, gen_head with the CFG mix)."""
     config = {**CONFIG, "PERF_COUNT": True}
@@ -91,13 +102,10 @@ def ours(core, ir: Path, past: int, steps: int, images: int = 0) -> dict:
         else:
             head.infer([hidden.reshape(rows, 1, -1)], share_inputs=True, share_outputs=True)
 
-    result = run_steps(step, [embed, lm, head], steps)
-    result["calls_ms"] = {name: round(sum(i.real_time.total_seconds() for i in r.profiling_info) * 1e3, 2)
-                          for name, r in ((embed_part, embed), ("language_model", lm), (head_part, head))}
-    return result
+    return step, {embed_part: embed, "language_model": lm, head_part: head}
 
 
-def ours_fused(core, ir: Path, past: int, steps: int) -> dict:
+def ours_fused(core, ir: Path, past: int):
     """Our chat step as one compiled model: the language model, the hidden state of the rows asked
     for (a `logit_rows` input), lm_head -- the "one call per step" alternative to ours()."""
     import openvino as ov
@@ -121,13 +129,13 @@ def ours_fused(core, ir: Path, past: int, steps: int) -> dict:
         embeds = embed.infer([token], share_inputs=True, share_outputs=True)[0]
         request.infer({"inputs_embeds": embeds.reshape(1, -1), **inputs}, share_inputs=True, share_outputs=True)
 
-    return run_steps(step, [request], steps)
+    return step, {"fused": request}
 
 
-def genai(core, folder: Path, past: int, steps: int) -> dict:
+def genai(core, folder: Path, past: int):
     lm = paged(core, folder / "openvino_model.xml", {**CONFIG, "PERF_COUNT": True}).create_infer_request()
     inputs = {"input_ids": np.zeros(1, np.int64), **bind_cache(lm, past)}
-    return run_steps(lambda: lm.infer(inputs, share_inputs=True, share_outputs=True), [lm], steps)
+    return (lambda: lm.infer(inputs, share_inputs=True, share_outputs=True)), {"openvino_model": lm}
 
 
 def main(argv=None):
@@ -148,13 +156,13 @@ def main(argv=None):
     CONFIG.update(args.config)
     out = {"config": dict(CONFIG)}
     if args.images:
-        for n in map(int, args.images.split(",")):
-            out[f"ours_{n}_images"] = ours(core, args.ir, args.past_tokens, args.steps, images=n)
+        models = {f"ours_{n}_images": ours(core, args.ir, args.past_tokens, images=n)
+                  for n in map(int, args.images.split(","))}
     else:
-        for name, fn, where in (("ours", ours, args.ir), ("ours_fused", ours_fused, args.ir),
-                                ("genai", genai, args.genai)):
-            if args.only in (None, name):
-                out[name] = fn(core, where, args.past_tokens, args.steps)
+        models = {name: fn(core, where, args.past_tokens)
+                  for name, fn, where in (("ours", ours, args.ir), ("ours_fused", ours_fused, args.ir),
+                                          ("genai", genai, args.genai)) if args.only in (None, name)}
+    out.update(run_steps(models, args.steps))
     print(json.dumps(out, indent=1))
 
 
