@@ -32,7 +32,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,13 +49,14 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from . import app_process
+from .app_process import stop_app
 from .report import machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
 ASSETS = sorted(p for p in (REPO / "assets").iterdir() if p.suffix in (".png", ".jpg"))
-STARTUP_TIMEOUT_S = 900  # the first launch builds and converts the tiny model
 REQUEST_TIMEOUT_S = 600  # an image run waits behind at most IMAGE_CONCURRENCY others; generous on 2 busy cores
 MB = 2**20
 
@@ -73,50 +73,15 @@ PROMPTS = ["a red fox in the snow", "a lighthouse at dusk, oil painting", "a bow
 
 # ---------------------------------------------------------------- the server
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_app(cache_dir: Path, log_path: Path, weights: str, gradio_tmp: Path) -> tuple[subprocess.Popen, str]:
-    """Launch app.py in tiny-demo mode, as tests/test_app.py does; return (process, url) once it answers.
-
-    Its uploads and results go to a folder of its own: Gradio names an upload by its content
-    (<temp>/<sha256>/shapes.png), the same path in every Gradio server sharing /tmp/gradio, and any
-    of them that closes deletes "its" uploads, under another server's requests too."""
-    port = free_port()
-    cmd = [sys.executable, str(REPO / "app.py"), "--tiny-demo", "--cache-dir", str(cache_dir), "--port", str(port),
-           "--server-name", "127.0.0.1", "--weights", weights]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-           "GRADIO_TEMP_DIR": str(gradio_tmp)}
-    for name in ("JANUS_AUTH", "JANUS_SHARE", "JANUS_MODEL", "JANUS_WEIGHTS", "JANUS_MAX_IMAGES", "JANUS_QUEUE_SIZE"):
-        env.pop(name, None)  # the flags decide, not the caller's environment
-    log = open(log_path, "w", encoding="utf-8")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()  # the child has its own descriptor
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"app.py exited with {proc.returncode}:\n{log_path.read_text(encoding='utf-8')[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(1)
-    stop_app(proc)
-    sys.exit(f"app.py did not serve within {STARTUP_TIMEOUT_S} s; see {log_path}")
-
-
-def stop_app(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """app.py in tiny-demo mode (app_process.py), its uploads and results in a folder of its own: Gradio
+    names an upload by its content (<temp>/<sha256>/shapes.png), the same path in every Gradio server
+    sharing /tmp/gradio, and any of them that closes deletes "its" uploads, under another server's
+    requests too."""
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        return app_process.start_app(cache_dir, log_path, "--weights", weights, env={"GRADIO_TEMP_DIR": str(gradio_tmp)})
+    except app_process.AppDidNotStart as error:
+        sys.exit(str(error))
 
 
 def tree_rss(pid: int) -> int:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,52 +22,20 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from benchmarks import app_process  # noqa: E402
+from benchmarks.app_process import free_port, stop_app  # noqa: E402,F401 - the other app tests import them from here
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
 MAX_IMAGES = 3
-STARTUP_TIMEOUT_S = 900  # the first launch converts the tiny model; slow on a busy machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_app(cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None):
-    """Launch app.py in tiny-demo mode (`env`: extra environment); return (process, url) once it answers HTTP."""
-    port = free_port()
-    cmd = [sys.executable, str(REPO / "app.py"), "--tiny-demo", "--cache-dir", str(cache_dir), "--port", str(port),
-           "--server-name", "127.0.0.1", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-           **(env or {})}
-    for name in ("JANUS_AUTH", "JANUS_SHARE", "JANUS_MODEL", "JANUS_WEIGHTS"):  # the flags decide, not the caller's env
-        env.pop(name, None)
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text(encoding='utf-8')[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(1)
-    stop_app(proc)
-    pytest.fail(f"app.py did not serve within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text(encoding='utf-8')[-4000:]}")
-
-
-def stop_app(proc):
-    proc.terminate()
+    """benchmarks.app_process.start_app, as a test failure when the server does not come up."""
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        return app_process.start_app(cache_dir, log_path, *extra, env=env)
+    except app_process.AppDidNotStart as error:
+        pytest.fail(str(error))
 
 
 def shared_cache(tmp_path_factory) -> Path:
