@@ -123,8 +123,8 @@ def main(argv=None):
               "mode": "same process, alternating requests" if args.same_process else "a fresh process per run",
               "prompt_tokens": args.prompt_tokens, "tokens": args.tokens, "runs": runs, "median": summary,
               "ours_vs_genai_tokens_per_s": summary["ours"]["tokens_per_s"] / summary["genai"]["tokens_per_s"]}
-    result["ours_ahead_in_pairs"] = f"{sum(o['tokens_per_s'] > g['tokens_per_s'] for g, o in zip(runs['genai'], runs['ours']))}" \
-                                    f" of {len(runs['ours'])}"
+    ahead = sum(o["tokens_per_s"] > g["tokens_per_s"] for g, o in zip(runs["genai"], runs["ours"]))
+    result["ours_ahead_in_pairs"] = f"{ahead} of {len(rounds)}"
     tag = ("-same-process" if args.same_process else "") + ("-bare" if args.bare else "")
     out = RESULTS / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-genai-anchor-{args.recipe}{tag}.json"
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")

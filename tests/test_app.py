@@ -23,7 +23,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from benchmarks import app_process  # noqa: E402
-from benchmarks.app_process import free_port, stop_app  # noqa: E402,F401 - the other app tests import them from here
+from benchmarks.app_process import free_port, stop_app  # noqa: E402 - the other app tests import them from here
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
