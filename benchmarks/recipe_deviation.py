@@ -2,6 +2,11 @@
 
     PYTHONPATH=. python -m benchmarks.recipe_deviation --ir fp32=DIR --ir int4=DIR --ir int4-sym128=DIR [...]
                                                        [--prompt-tokens 192] [--steps 64]
+                                                       [--config NAME='{"DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}']
+
+A NAME is a weight format (compress.RECIPES), optionally with a label: FORMAT:LABEL. --config gives
+one named IR extra CPU-plugin settings (over the runtime's own), so one IR can be measured under two
+settings: --ir int4=DIR --ir int4:dq32=DIR --config int4:dq32='{...}'.
 
 Every model gets the same token ids: a random prompt, then --steps tokens fed one at a time
 (teacher forcing, so a different choice never changes what comes next). At each step the language
@@ -16,7 +21,8 @@ model's last hidden state is kept. Per format it reports:
   (a random network compounds errors over 24 layers far more than a trained one, whose residual
   stream dominates: the whole-model figures over-state every format alike).
 The vision encoder and VQ decoder do not depend on the int4 recipe (compress.PLAN); their errors
-are in design-measurements.md. f32 inference precision everywhere, so only the weights differ.
+are in design-measurements.md. f32 inference precision everywhere, so only the weights (and any
+--config) differ.
 """
 
 from __future__ import annotations
@@ -36,11 +42,11 @@ from .run import RESULTS
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def hidden_states(ir: str, ids: np.ndarray, prompt_tokens: int) -> tuple[np.ndarray, object]:
+def hidden_states(ir: str, ids: np.ndarray, prompt_tokens: int, config: dict | None = None) -> tuple[np.ndarray, object]:
     """The last hidden state [steps,H] after each forced token, and the runtime (for its heads)."""
     from janus_ov.runtime import Runtime
 
-    runtime = Runtime(ir, ov_config=F32, cache_dir=None, max_concurrency=1, warm_up=False)
+    runtime = Runtime(ir, ov_config={**F32, **(config or {})}, cache_dir=None, max_concurrency=1, warm_up=False)
     out = []
     with runtime.context() as ctx:
         ctx.start([len(ids)])
@@ -76,15 +82,19 @@ LAYER_0 = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
            "mlp.up_proj", "mlp.down_proj")
 
 
-def layer_errors(checkpoint, recipes, rows: int = 16) -> dict:
-    """Relative output error of each of layer 0's matmuls alone, per weight type (compress.RECIPES): the
-    recipe's own error, before 24 layers of a random network compound it."""
+def layer_errors(checkpoint, recipes, rows: int = 16, configs: dict | None = None, outliers: float = 0.0) -> dict:
+    """Relative output error of each of layer 0's matmuls alone, per FORMAT[:LABEL] name (compress.RECIPES;
+    `configs`: a name's extra plugin settings): the recipe's own error, before 24 layers of a random
+    network compound it. outliers > 0 scales 1 % of the input channels by that factor, as trained LLMs'
+    activations have a few outlier channels: the case where activations quantized in longer groups
+    (DYNAMIC_QUANTIZATION_GROUP_SIZE) lose the most."""
     import nncf
     import openvino as ov
     import openvino.opset13 as ops
     from safetensors import safe_open
 
     from janus_ov.compress import nncf_arguments
+    from janus_ov.runtime import streaming_config  # as the runtime compiles the language model
 
     nncf.set_log_level(logging.ERROR)
     out = {name: {} for name in recipes}
@@ -94,16 +104,19 @@ def layer_errors(checkpoint, recipes, rows: int = 16) -> dict:
         for layer in LAYER_0:
             w = f.get_tensor(f"model.language_model.layers.0.{layer}.weight").float().numpy()
             x = rng.standard_normal((rows, w.shape[1])).astype(np.float32)
+            if outliers:
+                x[:, rng.choice(w.shape[1], max(1, w.shape[1] // 100), replace=False)] *= outliers
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             for name in recipes:
+                weights, config = name.split(":")[0], (configs or {}).get(name, {})
                 param = ops.parameter([-1, w.shape[1]], np.float32)
                 model = ov.Model([ops.matmul(param, ops.convert(ops.constant(w.astype(np.float16)), np.float32),
                                              False, True)], [param])
-                recipe = nncf_arguments(name)
-                if name.startswith("int4"):  # a lone matmul would be NNCF's "last layer", kept in int8
+                recipe = nncf_arguments(weights)
+                if weights.startswith("int4"):  # a lone matmul would be NNCF's "last layer", kept in int8
                     recipe["all_layers"] = True
                 model = nncf.compress_weights(model, **recipe)
-                got = ov.Core().compile_model(model, "CPU", F32)(x)[0]
+                got = ov.Core().compile_model(model, "CPU", streaming_config(model, "CPU", {**F32, **config}))(x)[0]
                 out[name][layer] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
     return out
 
@@ -111,6 +124,7 @@ def layer_errors(checkpoint, recipes, rows: int = 16) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.recipe_deviation", description=__doc__.splitlines()[0])
     p.add_argument("--ir", action="append", required=True, help="NAME=DIR; one must be fp32=DIR (the reference)")
+    p.add_argument("--config", action="append", default=[], help="NAME=JSON: extra plugin settings for that IR")
     p.add_argument("--prompt-tokens", type=int, default=192)
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -119,6 +133,7 @@ def main(argv=None):
                    help="the checkpoint the IRs came from (for the per-layer errors)")
     args = p.parse_args(argv)
     irs = dict(item.split("=", 1) for item in args.ir)
+    configs = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.config)}
     if "fp32" not in irs:
         p.error("give the reference as --ir fp32=DIR")
 
@@ -129,11 +144,11 @@ def main(argv=None):
     ref_hidden, ref_runtime = hidden_states(irs["fp32"], ids, args.prompt_tokens)
     ref_text, ref_image = heads(ref_runtime, ref_hidden)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "prompt_tokens": args.prompt_tokens,
-              "steps": args.steps, "irs": irs, "formats": {}}
+              "steps": args.steps, "irs": irs, "configs": configs, "formats": {}}
     for name, ir in irs.items():
         if name == "fp32":
             continue
-        hidden, runtime = hidden_states(ir, ids, args.prompt_tokens)
+        hidden, runtime = hidden_states(ir, ids, args.prompt_tokens, configs.get(name))
         rel = np.linalg.norm(hidden - ref_hidden, axis=-1) / np.linalg.norm(ref_hidden, axis=-1)
         text, image = heads(ref_runtime, hidden)
         own_text, own_image = heads(runtime, hidden)
@@ -143,8 +158,11 @@ def main(argv=None):
             "as_shipped": {"text": compare(ref_text, own_text), "image": compare(ref_image, own_image)}}
         print(name, json.dumps(result["formats"][name]), flush=True)
         del runtime
-    result["layer_0_output_rel_error"] = layer_errors(args.checkpoint, [n for n in irs if n != "fp32"])
-    print(json.dumps(result["layer_0_output_rel_error"]))
+    names = [n for n in irs if n != "fp32"]
+    result["layer_0_output_rel_error"] = layer_errors(args.checkpoint, names, configs=configs)
+    result["layer_0_output_rel_error_outlier_channels_x20"] = layer_errors(args.checkpoint, names, configs=configs,
+                                                                           outliers=20.0)
+    print(json.dumps({k: v for k, v in result.items() if k.startswith("layer_0")}))
     out = args.out / f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-recipe-deviation.json"
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print("written", out)

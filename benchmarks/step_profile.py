@@ -1,14 +1,17 @@
 """Where one decode step's time goes: our chat step against OpenVINO GenAI's model of the same weights.
 
 Both graphs (and ours fused into one model with its LM head, "ours_fused") are made PagedAttention
-models by the same OpenVINO transformation and compiled with the same settings (LATENCY, f32
-inference precision), then fed one token after a --past-token cache, the way a chat decodes.
+models by the same OpenVINO transformation and compiled as each pipeline compiles them (LATENCY, f32
+inference precision; our streaming parts through runtime.streaming_config, as the runtime compiles
+them), then fed one token after a --past-token cache, the way a chat decodes. --variant adds more of
+our models with other plugin settings, to A/B a setting step by step.
 The models take turns, one step each. Per model it prints the median wall time of a step (all of
 the model's calls) and, from the CPU plugin's own profiling counters, the mean time per executed
 layer type, so the two can be compared line by line (issue 21: "find where our extra ms per token go").
 
     python -m benchmarks.step_profile --ir OUR_IR [--genai DIR] [--past-tokens 640] [--steps 40]
     python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --past-tokens 300   # image steps: what grows with rows
+    python -m benchmarks.step_profile --ir OUR_IR --variant dq32='{"DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}'  # A/B a setting
 
 --genai: an optimum-intel export of our language model as a plain Llama (benchmarks.genai_anchor
 writes one to benchmarks/models/genai-llama-<recipe>); only openvino is needed to read it.
@@ -30,10 +33,18 @@ from .models import MODELS_DIR
 CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def paged(core, xml: Path, config: dict):
+def paged(core, xml: Path, config: dict, as_ours: bool = False):
     from janus_ov.kv_cache import compile_paged
 
-    return compile_paged(core, core.read_model(str(xml)), "CPU", config)
+    model = core.read_model(str(xml))
+    return compile_paged(core, model, "CPU", shipped(model, config) if as_ours else config)
+
+
+def shipped(model, config: dict) -> dict:
+    """`config` with what our runtime adds for a streaming part (the caller's settings win)."""
+    from janus_ov.runtime import streaming_config
+
+    return streaming_config(model, "CPU", config)
 
 
 def bind_cache(request, past: int, rows: int = 1) -> dict:
@@ -87,9 +98,10 @@ def ours(core, ir: Path, past: int, images: int = 0):
     config = {**CONFIG, "PERF_COUNT": True}
     rows = 2 * images or 1
     embed_part, head_part = ("gen_embeddings", "gen_head") if images else ("text_embeddings", "lm_head")
-    lm = paged(core, ir / "language_model.xml", config).create_infer_request()
+    lm = paged(core, ir / "language_model.xml", config, as_ours=True).create_infer_request()
     embed = core.compile_model(str(ir / f"{embed_part}.xml"), "CPU", config).create_infer_request()
-    head = core.compile_model(str(ir / f"{head_part}.xml"), "CPU", config).create_infer_request()
+    head_model = core.read_model(str(ir / f"{head_part}.xml"))
+    head = core.compile_model(head_model, "CPU", shipped(head_model, config)).create_infer_request()
     inputs = bind_cache(lm, past, rows)
     ids, cfg = np.zeros((rows, 1), np.int64), np.array(5.0, np.float32)
 
@@ -120,7 +132,7 @@ def ours_fused(core, ir: Path, past: int):
     for target in list(head.get_parameters()[0].output(0).get_target_inputs()):
         target.replace_source_output(picked.output(0))
     model = ov.Model([ops.result(head.output(0).get_node().input_value(0))], [*lm.get_parameters(), rows])
-    request = core.compile_model(model, "CPU", {**CONFIG, "PERF_COUNT": True}).create_infer_request()
+    request = core.compile_model(model, "CPU", shipped(model, {**CONFIG, "PERF_COUNT": True})).create_infer_request()
     embed = core.compile_model(str(ir / "text_embeddings.xml"), "CPU", CONFIG).create_infer_request()
     inputs = {"logit_rows": np.zeros(1, np.int64), **bind_cache(request, past)}
     token = np.zeros((1, 1), np.int64)
@@ -149,12 +161,15 @@ def main(argv=None):
     p.add_argument("--config", type=json.loads, default={},
                    help='extra CPU-plugin settings for every model, e.g. \'{"VALUE_CACHE_PRECISION": "u4"}\'')
     p.add_argument("--only", choices=("ours", "ours_fused", "genai"), default=None)
+    p.add_argument("--variant", action="append", default=[], help="NAME=JSON: one more of our models (chat, or "
+                   "each --images size) with these extra plugin settings, taking turns with the others")
     p.add_argument("--images", default=None, help="e.g. 1,4: our image steps of that many images instead "
                    "(2 CFG rows each, --past-tokens cached per row); GenAI has no image step")
     args = p.parse_args(argv)
     core = ov.Core()
     CONFIG.update(args.config)
     out = {"config": dict(CONFIG)}
+    variants = dict(item.split("=", 1) for item in args.variant)
     if args.images:
         models = {f"ours_{n}_images": ours(core, args.ir, args.past_tokens, images=n)
                   for n in map(int, args.images.split(","))}
@@ -162,6 +177,13 @@ def main(argv=None):
         models = {name: fn(core, where, args.past_tokens)
                   for name, fn, where in (("ours", ours, args.ir), ("ours_fused", ours_fused, args.ir),
                                           ("genai", genai, args.genai)) if args.only in (None, name)}
+    for name, settings in variants.items():
+        shipped_config = dict(CONFIG)
+        CONFIG.update(json.loads(settings))  # ours() compiles with CONFIG
+        for n in map(int, args.images.split(",")) if args.images else [0]:
+            models[f"ours_{n}_images_{name}" if n else f"ours_{name}"] = ours(core, args.ir, args.past_tokens, images=n)
+        CONFIG.clear()
+        CONFIG.update(shipped_config)
     out.update(run_steps(models, args.steps))
     print(json.dumps(out, indent=1))
 

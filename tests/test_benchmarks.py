@@ -211,6 +211,11 @@ def test_recipe_deviation_is_zero_against_itself_and_orders_the_recipes(tiny_mod
     for layer in recipe_deviation.LAYER_0:
         assert 0 < layers["int8"][layer] < 0.03 and layers["int8"][layer] < layers["int4"][layer] < 0.2
         assert layers["int4-sym128"][layer] > 0
+    # FORMAT:LABEL names one format under other plugin settings; outlier channels raise every error.
+    dq = {"int4:dq16": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "16"}}
+    spiky = recipe_deviation.layer_errors(tiny_model_dir, ["int4", "int4:dq16"], configs=dq, outliers=20.0)
+    for layer in recipe_deviation.LAYER_0:
+        assert 0 < spiky["int4:dq16"][layer] < 0.2 and 0 < spiky["int4"][layer] < 0.2
 
 
 def test_lm_head_benchmark_times_both_heads_and_keeps_the_top_token(tiny_ir_fp32, tmp_path):
@@ -240,3 +245,33 @@ def test_anchor_bare_side_times_our_decode_step_alone(tiny_ir_fp32):
 
     figures = anchor_child.bare_side("ours_bare", str(tiny_ir_fp32), 40, 4)(0)
     assert figures["tpot_ms"] > 0 and abs(figures["tokens_per_s"] * figures["tpot_ms"] - 1e3) < 1e-6
+
+
+def test_plugin_settings_benchmark_times_every_task_under_every_setting(tiny_ir_fp32):
+    """benchmarks.plugin_settings on the tiny model: the shipped settings and each one asked for, every
+    task (a prompt, then decode calls of each row count) timed; an unknown plugin setting is refused by
+    OpenVINO itself rather than measured as if it applied."""
+    import pytest
+
+    from benchmarks import plugin_settings
+
+    result = plugin_settings.main(["--ir", str(tiny_ir_fp32), "--setting", 'dq32={"DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}',
+                                   "--rounds", "2", "--prompt-tokens", "24", "--past-tokens", "8", "--rows", "1,3",
+                                   "--calls", "2"])
+    assert set(result) == {"shipped", "dq32"}
+    for per_task in result.values():
+        assert set(per_task) == {"prefill", "decode_1", "decode_3"} and all(ms > 0 for ms in per_task.values())
+    with pytest.raises(Exception, match="NO_SUCH_SETTING"):
+        plugin_settings.main(["--ir", str(tiny_ir_fp32), "--setting", 'bad={"NO_SUCH_SETTING": "1"}', "--rounds", "1"])
+
+
+def test_step_profile_variants_take_turns_with_the_shipped_steps(tiny_ir_fp32, capsys):
+    """benchmarks.step_profile --variant: one more of our models per setting, for each --images size."""
+    from benchmarks import step_profile
+
+    step_profile.main(["--ir", str(tiny_ir_fp32), "--images", "1,2", "--past-tokens", "8", "--steps", "2",
+                       "--variant", 'dq16={"DYNAMIC_QUANTIZATION_GROUP_SIZE": "16"}'])
+    out = json.loads(capsys.readouterr().out)
+    assert {"ours_1_images", "ours_2_images", "ours_1_images_dq16", "ours_2_images_dq16"} <= set(out)
+    assert out["config"] == step_profile.CONFIG and "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in step_profile.CONFIG
+    assert all(out[k]["step_ms"] > 0 for k in out if k.startswith("ours"))
