@@ -29,6 +29,8 @@ def tasks(core, ir: Path, setting: dict, prompt_tokens: int, past: int, rows, ca
     from janus_ov.kv_cache import PagedKVCache, compile_paged
     from janus_ov.runtime import compile_config, streaming_config
 
+    from .step_profile import bind_cache
+
     model = core.read_model(str(ir / "language_model.xml"))
     config = streaming_config(model, "CPU", compile_config("CPU", setting, None))
     hidden = model.input("inputs_embeds").get_partial_shape()[-1].get_length()  # before the paged rewrite
@@ -45,9 +47,7 @@ def tasks(core, ir: Path, setting: dict, prompt_tokens: int, past: int, rows, ca
 
     def decode(n):
         def run():
-            kv.start([past + 1] * n)
-            kv.past[:] = past  # as if prefilled: speed does not depend on the cached values
-            inputs = {"inputs_embeds": embeds[:n], **kv.step_inputs(np.ones(n, np.int32))}
+            inputs = {"inputs_embeds": embeds[:n], **bind_cache(request, past, n, kv)}
             t0 = time.perf_counter()
             for _ in range(calls):
                 request.infer(inputs)

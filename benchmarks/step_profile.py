@@ -47,12 +47,13 @@ def shipped(model, config: dict) -> dict:
     return streaming_config(model, "CPU", config)
 
 
-def bind_cache(request, past: int, rows: int = 1) -> dict:
+def bind_cache(request, past: int, rows: int = 1, kv=None) -> dict:
     """Cache tensors for `rows` sequences of `past` cached tokens each (their bytes are whatever the
-    fresh tensors hold: speed does not depend on them) and the inputs of one new token per row."""
+    fresh tensors hold: speed does not depend on them) and the inputs of one new token per row.
+    kv: the request's PagedKVCache when it has one already (a second one would rebind its tensors)."""
     from janus_ov.kv_cache import PagedKVCache
 
-    kv = PagedKVCache(request)
+    kv = kv or PagedKVCache(request)
     kv.start([past + 1] * rows)
     kv.past[:] = past  # as if prefilled
     return kv.step_inputs(np.ones(rows, np.int32))
