@@ -4,7 +4,8 @@ process: for A/B runs of two commits' code on the same IR, or of two IRs (run th
     PYTHONPATH=. python -m benchmarks.quick_decode --ir DIR [--tokens 96] [--repeats 2] [--images 1,4]
                                                    [--prompt-repeat 8] [--ov-config JSON]
 
-The prompt is one sentence --prompt-repeat times (8: ~100 tokens, 56: ~640); the first chat's time to
+The prompt is one sentence --prompt-repeat times (its token count is in the output: 372 for 8 with the
+random models' filler tokenizer, which splits words finer than the real one); the first chat's time to
 first token is reported too (the later ones find the prompt in the prefix cache). --ov-config passes
 CPU-plugin settings to the pipeline, e.g. the settings a change replaced, for an A/B on one checkout.
 """
