@@ -62,6 +62,16 @@ def weight_types(ov_model) -> dict:
     return counts
 
 
+def int4_group_size(ov_model) -> int | None:
+    """How many input channels share one scale in a part's int4 weights, or None if it has none
+    grouped: NNCF stores grouped int4 weights as [out, groups, group] (and their zero points as
+    [out, groups, 1]); per-channel int4, such as the screened head's, is [out, in]."""
+    sizes = [op.get_output_shape(0)[2] for op in ov_model.get_ops()
+             if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() in ("u4", "i4")
+             and len(op.get_output_shape(0)) == 3]
+    return max(sizes) if sizes and max(sizes) > 1 else None
+
+
 def integer_weights(ov_model) -> bool:
     """Whether a part's weights are int4/int8. Weights only (rank >= 2): the PagedAttention rewrite
     itself adds empty u8 constants, which once made fp16 models count as integer ones."""

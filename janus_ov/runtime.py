@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from .errors import ModelNotFoundError
 from .kv_cache import PagedKVCache, compile_paged
 from .memory import drop_mapped_pages
 from .model_info import ModelInfo
-from .parts import PARTS, integer_weights
+from .parts import PARTS, int4_group_size, integer_weights
 from .prefix_cache import PrefixCache
 
 # Parts each request gets its own infer request for (called at every generation step).
@@ -69,22 +70,41 @@ def compile_config(device: str, ov_config: dict | None, cache_dir: str | Path | 
     return config
 
 
-def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
-    """`config` for a part of STREAMING: f32 activations when its weights are integer, on CPU, unless
-    the caller chose a precision.
+def streaming_config(model: ov.Model, device: str, config: dict, cpu: set | None = None) -> dict:
+    """`config` for a part of STREAMING, with what suits its weights on this CPU; the caller's
+    settings win. cpu: the CPU's feature flags (default: this machine's, `cpu_flags()`).
 
-    Those parts are memory-bound (each call reads all their weights for a few rows). With f32
-    activations the CPU plugin quantizes the activations to int8 on the fly and runs its integer
-    kernels, which unpack int4/int8 weights faster than the bf16 kernels that CPUs with bf16 (AVX-512
-    bf16, AMX) get by default: faster at 1, 2 and 8 rows on every kind measured (figures in
-    benchmarks/results/design-measurements.md). On AVX2 f32 is the default anyway, so the rule only
-    acts where the CPU offers bf16. The compute-bound parts (vision encoder, VQ decoder) keep the
-    default: bf16 is faster there (1.2x and 1.9x on Zen 4). fp16 weights keep it too: with no integer
-    kernels to reach, f32 only makes their arithmetic heavier (2.6x slower steps).
+    Those parts are memory-bound (each call reads all their weights for a few rows):
+    - f32 activations when the weights are integer. The CPU plugin then quantizes the activations
+      to int8 on the fly and runs its integer kernels, which unpack int4/int8 weights faster than
+      the bf16 kernels that CPUs with bf16 (AVX-512 bf16, AMX) get by default: faster at 1, 2 and 8
+      rows on every kind measured. On AVX2 f32 is the default anyway. The compute-bound parts
+      (vision encoder, VQ decoder) keep the default: bf16 is faster there (1.2x and 1.9x on Zen 4).
+      fp16 weights keep it too: with no integer kernels to reach, f32 only makes their arithmetic
+      heavier (2.6x slower steps).
+    - On CPUs with AMX, activations quantized in groups as long as the int4 weights' (the plugin
+      takes 32): there it is faster for prompts, chat tokens and image rows alike. On Zen 4
+      (AVX-512 VNNI, no AMX) it makes a chat token slower, so the plugin's default stays there;
+      and one compiled language model serves every kind of call (a second costs its weights again).
+    Figures of both kinds: benchmarks/results/design-measurements.md.
     """
-    if device.startswith("CPU") and integer_weights(model):
-        return {"INFERENCE_PRECISION_HINT": "f32", **config}
-    return config
+    if not (device.startswith("CPU") and integer_weights(model)):
+        return config
+    chosen = {"INFERENCE_PRECISION_HINT": "f32"}
+    group = int4_group_size(model)
+    if group and "amx_int8" in (cpu_flags() if cpu is None else cpu):
+        chosen["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(group)
+    return {**chosen, **config}
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    """This machine's CPU feature flags (Linux's /proc/cpuinfo; empty elsewhere: the plugin's defaults)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return frozenset(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
 
 
 def _tensor(array: np.ndarray, dtype) -> tuple[ov.Tensor, np.ndarray]:
