@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,6 +194,24 @@ def test_step_profile_times_chat_image_and_fused_steps_per_layer_type(tiny_ir_fp
         assert abs(sum(result["calls_ms"].values()) - result["profiled_ms"]) < 0.01 + 0.01 * result["profiled_ms"]
     assert set(results["image"]["calls_ms"]) == {"gen_embeddings", "language_model", "gen_head"}
     assert set(results["chat"]["calls_ms"]) == {"text_embeddings", "language_model", "lm_head"}
+
+
+def test_step_profile_steps_read_a_written_cache(tiny_ir_fp32):
+    """The cached tokens a profiled step attends to were written by a real prefill, row by row: a fresh
+    tensor's pages all map the OS's one zero page, whose reads never reach memory."""
+    import openvino as ov
+
+    from benchmarks import step_profile
+    from janus_ov.kv_cache import by_block
+
+    _, requests = step_profile.ours(ov.Core(), tiny_ir_fp32, past=40, images=2)  # 4 rows of 40 tokens
+    lm = requests["language_model"]
+    key = lm.get_tensor("key_cache.0")
+    blocks = by_block(key, key.get_shape()[0])
+    per_row = -(-41 // 32)  # each row's blocks, the last one holding the 41st token's slot
+    for row in range(4):
+        first = blocks[row * per_row]  # every row's first block holds 32 of its tokens
+        assert np.count_nonzero(first) > first.size // 2, row
 
 
 def test_recipe_deviation_is_zero_against_itself_and_orders_the_recipes(tiny_model_dir, tiny_ir_fp32, tmp_path):
