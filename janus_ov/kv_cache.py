@@ -36,8 +36,10 @@ class PagedKVCache:
     """Cache tensors bound to one infer request of a compiled PagedAttention model, and the
     bookkeeping (tokens cached per row, each row's blocks) behind the model's other inputs."""
 
-    def __init__(self, request: ov.InferRequest, device: str = "CPU"):
-        self.request = request
+    def __init__(self, request: ov.InferRequest, device: str = "CPU", also=()):
+        """also: infer requests of other compiled models of the same language model (the runtime's
+        prompt model) that must read and write the same cache tensors."""
+        self.request, self._also = request, tuple(also)
         self.block_size = BLOCK_SIZE.get(device.split(".")[0], 32)
         self._inputs = [(port.get_any_name(), port.get_element_type(), port.get_partial_shape())
                         for port in request.get_compiled_model().inputs
@@ -74,7 +76,8 @@ class PagedKVCache:
             tensor = ov.Tensor(element_type, dims)
             if keep_blocks:
                 by_block(tensor, blocks)[:keep_blocks] = by_block(self.request.get_tensor(name), self._blocks)[:keep_blocks]
-            self.request.set_tensor(name, tensor)
+            for request in (self.request, *self._also):
+                request.set_tensor(name, tensor)
         self._blocks = blocks
 
     def copy_row(self, src: int, dsts) -> None:

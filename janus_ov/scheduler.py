@@ -56,7 +56,9 @@ class BlockPool:
     """The KV-cache blocks of all requests: cache tensors bound once to the language model's infer
     request, a free list and a reference count per block."""
 
-    def __init__(self, request: ov.InferRequest, device: str, tokens: int):
+    def __init__(self, request: ov.InferRequest, device: str, tokens: int, also=()):
+        """also: infer requests of other compiled models of the language model (the runtime's prompt
+        model), bound to the same tensors."""
         self.request = request
         self.block_size = BLOCK_SIZE.get(device.split(".")[0], 32)
         self.blocks = -(-tokens // self.block_size)
@@ -67,7 +69,9 @@ class BlockPool:
                 shape = port.get_partial_shape()
                 dims = [self.blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
                 # Untouched pages cost nothing: memory grows with the blocks in use, not the pool.
-                request.set_tensor(name, ov.Tensor(port.get_element_type(), dims))
+                tensor = ov.Tensor(port.get_element_type(), dims)
+                for bound in (request, *also):
+                    bound.set_tensor(name, tensor)
                 self.names.append(name)
         self.free = list(range(self.blocks))[::-1]  # a block freed last is reused first: its pages are warm
         self.refs = np.zeros(self.blocks, np.int32)
@@ -185,7 +189,7 @@ class Scheduler:
         runtime.wait_warm()
         self.runtime = runtime
         self.ctx = Context(runtime)  # the scheduler's own infer requests for the per-step parts
-        self.pool = BlockPool(self.ctx.req["language_model"], runtime.device, pool_tokens)
+        self.pool = BlockPool(self.ctx.req["language_model"], runtime.device, pool_tokens, self.ctx.also_lm)
         self.prefill_chunk, self.max_waiting = prefill_chunk, max_waiting
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
@@ -395,7 +399,7 @@ class Scheduler:
             while len(row.blocks) * pool.block_size < t:
                 row.blocks.append(pool.take(job))
         used = -(-total // pool.block_size)
-        hidden = self.ctx._run("language_model", {
+        hidden = self.ctx._run(self.ctx.lm_part(int(lengths.sum())), {
             "inputs_embeds": np.concatenate(embeds),
             "position_ids": np.concatenate([np.arange(p, t) for p, t in zip(past, total)]).astype(np.int64),
             "past_lens": past,

@@ -38,6 +38,24 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
+# The flags of a CPU with AMX (the Intel Xeon kind), for the run time's choices made from them.
+AMX = frozenset({"avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"})
+
+
+@pytest.fixture(scope="session")
+def tiny_ir_lm_int4(tiny_model_dir, tiny_ir_fp32, tmp_path_factory):
+    """The fp32 tiny IR with an int4 language model (the prompt model is for integer weights only)."""
+    import shutil
+
+    from janus_ov.checkpoint import load_checkpoint
+    from janus_ov.convert import convert_part
+
+    out = tmp_path_factory.mktemp("tiny-ir-lm-int4")
+    shutil.copytree(tiny_ir_fp32, out, dirs_exist_ok=True)
+    convert_part(load_checkpoint(tiny_model_dir).model, "language_model", out, "int4")
+    return out
+
+
 # Full precision for parity with PyTorch: no bf16 arithmetic, no u8 KV cache.
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 

@@ -280,6 +280,9 @@ def test_plugin_settings_benchmark_times_every_task_under_every_setting(tiny_ir_
     assert set(result) == {"shipped", "dq32"}
     for per_task in result.values():
         assert set(per_task) == {"prefill", "decode_1", "decode_3"} and all(ms > 0 for ms in per_task.values())
+    several = plugin_settings.main(["--ir", str(tiny_ir_fp32), "--rounds", "1", "--prompt-tokens", "8,24",
+                                    "--rows", "1", "--calls", "1"])  # where a prompt model would take over
+    assert set(several["shipped"]) == {"prefill_8", "prefill_24", "decode_1"}
     with pytest.raises(Exception, match="NO_SUCH_SETTING"):
         plugin_settings.main(["--ir", str(tiny_ir_fp32), "--setting", 'bad={"NO_SUCH_SETTING": "1"}', "--rounds", "1"])
 

@@ -8,7 +8,7 @@ Tolerance as test_convert's fp32 parts: relative error <= 1e-3 (measured ~1e-6).
 import numpy as np
 import pytest
 import torch
-from conftest import F32
+from conftest import AMX, F32
 
 from janus_ov.runtime import Runtime
 
@@ -43,8 +43,12 @@ def reference(torch_lm, embeds: np.ndarray) -> np.ndarray:
 
 
 def sequences(torch_lm, lengths, seed=0):
+    return sequences_of(torch_lm.config.hidden_size, lengths, seed)
+
+
+def sequences_of(width, lengths, seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((n, torch_lm.config.hidden_size)).astype(np.float32) for n in lengths]
+    return [rng.standard_normal((n, width)).astype(np.float32) for n in lengths]
 
 
 def feed(ctx, rows, chunks):
@@ -171,3 +175,58 @@ def test_default_precision_stays_close_to_transformers(tiny_ir_fp32, torch_lm):
         ctx.start([150, 90])
         out = feed(ctx, rows, [[120, 60], [1, 1], [29, 29]])[-1]
     assert cosine(out, ref).min() >= 0.99
+
+
+# ---- the prompt model: a second compiled language model for prompt-sized calls (runtime.prompt_config) ----
+
+def test_prompt_model_only_with_amx_integer_weights_and_no_chosen_precision(tiny_ir_lm_int4, tiny_ir_fp32):
+    import openvino as ov
+
+    from janus_ov.runtime import prompt_config
+
+    core = ov.Core()
+    int4, fp32 = (core.read_model(d / "language_model.xml") for d in (tiny_ir_lm_int4, tiny_ir_fp32))
+    base = {"PERFORMANCE_HINT": "LATENCY"}
+    assert prompt_config(int4, "CPU", base, cpu=AMX) == {**base, "INFERENCE_PRECISION_HINT": "bf16"}
+    assert prompt_config(int4, "CPU", base, cpu=AMX - {"amx_bf16", "amx_int8", "amx_tile"}) is None  # Zen 4
+    assert prompt_config(int4, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}, cpu=AMX) is None  # the caller's choice
+    assert prompt_config(int4, "GPU", base, cpu=AMX) is None
+    assert prompt_config(fp32, "CPU", base, cpu=AMX) is None  # float weights: no integer kernels to leave
+
+
+def test_prompt_model_writes_the_cache_the_language_model_reads(tiny_ir_lm_int4, monkeypatch):
+    """With the prompt model, calls of >= PROMPT_TOKENS tokens run on it and the others on the language
+    model, over the same cache tensors: every output matches one model doing it all. On a CPU without
+    bf16 the prompt model computes in f32 and the match is closer still."""
+    from janus_ov import runtime as rt
+
+    rows = sequences_of(64, [165, 43], seed=9)
+    chunks = [[70, 0], [0, 40], [1, 1], [1, 1], [29, 0], [64, 1]]  # 70: prompt model; 29 and 2-row steps: the LM
+
+    def run(flags):
+        monkeypatch.setattr(rt, "cpu_flags", lambda: flags)
+        runtime = rt.Runtime(tiny_ir_lm_int4, max_concurrency=1, warm_up=False)
+        with runtime.context() as ctx:
+            ctx.start([170, 45])
+            used = []
+            outputs = []
+            done = [0, 0]
+            for lengths in chunks:
+                embeds = np.concatenate([row[d:d + n] for row, d, n in zip(rows, done, lengths)])
+                used.append(ctx.lm_part(sum(lengths)))
+                outputs.append(np.array(ctx.language_model(embeds, lengths)))
+                done = [d + n for d, n in zip(done, lengths)]
+        return runtime, used, outputs
+
+    two, used, got = run(AMX)
+    assert two.prompt_model is not None and rt.cache_ports(two.prompt_model) == rt.cache_ports(two.compiled["language_model"])
+    import openvino as ov
+
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert two.prompt_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    assert used == ["prompt_model", "language_model", "language_model", "language_model", "language_model", "prompt_model"]
+    one, used_one, want = run(frozenset())
+    assert one.prompt_model is None and set(used_one) == {"language_model"}
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert (cosine(g, w) >= 0.99).all(), (i, cosine(g, w))
+

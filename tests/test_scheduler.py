@@ -175,6 +175,28 @@ def test_alone_a_long_prompt_is_prefilled_in_one_call(tiny_ir_fp32, tmp_path, so
     assert answer == str(solo.chat(question, max_new_tokens=8))
 
 
+def test_prompts_run_on_the_prompt_model_in_the_scheduler_as_alone(tiny_ir_lm_int4, tmp_path, monkeypatch):
+    """With a prompt model (CPUs with AMX, integer weights: runtime.prompt_config) the scheduler runs a
+    prompt's call on it and the chat's tokens on the language model, over its one block pool, and the
+    answer is the one the solo path gives with the same two models."""
+    from conftest import AMX
+
+    from janus_ov import runtime as rt
+
+    monkeypatch.setattr(rt, "cpu_flags", lambda: AMX)
+    kw = dict(compile_cache_dir=tmp_path / "c")
+    pipe, alone = JanusPipeline(tiny_ir_lm_int4, **kw), JanusPipeline(tiny_ir_lm_int4, batching=False, **kw)
+    question = [user("Tell me about lighthouses " * 10)]
+    stream = pipe.chat_stream(question, max_new_tokens=8)
+    answer = "".join(stream)
+    assert stream.stats["prompt_tokens"] >= rt.PROMPT_TOKENS and stream.stats["new_tokens"] == 8
+    ctx = pipe._scheduler.ctx
+    assert ctx.req["prompt_model"].get_output_tensor(0).get_shape()[0] == stream.stats["prompt_tokens"]
+    assert ctx.req["language_model"].get_output_tensor(0).get_shape()[0] == 1  # the tokens after the first
+    assert answer == str(alone.chat(question, max_new_tokens=8))
+    pipe.close(), alone.close()
+
+
 def test_closing_ends_the_scheduler_thread_and_refuses_new_requests(tiny_ir_fp32, tmp_path):
     """A process must not exit while the scheduler thread is inside OpenVINO (it would abort): close()
     waits for it; shutdown() (run at exit) first cancels what is under way."""
