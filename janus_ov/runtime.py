@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+import psutil
 
 from .errors import ModelNotFoundError
 from .kv_cache import PagedKVCache, compile_paged
@@ -102,20 +103,25 @@ def streaming_config(model: ov.Model, device: str, config: dict, cpu: set | None
 PROMPT_TOKENS = 64
 
 
-def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = None) -> dict | None:
+def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = None,
+                  free: int | None = None, weights: int = 0) -> dict | None:
     """Settings of a second compiled language model for prompt-sized calls, or None: one model then
-    serves every call. cpu: as for streaming_config.
+    serves every call. cpu: as for streaming_config. free: bytes of memory available (default:
+    this machine's now); weights: the language model's IR weight bytes.
 
     On CPUs with AMX, bf16 activations put a prompt's matmuls on the AMX tiles: a 640-token prompt is
     1.6x faster than with the integer kernels streaming_config picks, which stay faster for a few
     rows (a chat token 1.4x, 8 image rows 1.9x). Both models read and write the same KV cache (the
     plugin gives both its u8 layout; Runtime checks). Not where the caller chose a precision (one
-    model with it), nor on CPUs without AMX (Zen 4's bf16 has no tiles; not measured to pay). It
-    costs the language model's weights once more in the plugin's layout (+0.9 GB for the 1B int4).
+    model with it), nor on CPUs without AMX (Zen 4's bf16 has no tiles; not measured to pay). The
+    second model holds the weights once more in the plugin's layout (+0.9 GB for the 1B int4, +3.7 GB
+    for the 7B), so it is compiled only while 3x the weights are free: both copies and room to spare.
     """
     if not (device.startswith("CPU") and integer_weights(model)) or "INFERENCE_PRECISION_HINT" in config:
         return None
     if "amx_bf16" not in (cpu_flags() if cpu is None else cpu):
+        return None
+    if (psutil.virtual_memory().available if free is None else free) < 3 * weights:
         return None
     return {**config, "INFERENCE_PRECISION_HINT": "bf16"}
 
@@ -294,7 +300,8 @@ class Runtime:
 
     def _compile_prompt_model(self) -> ov.CompiledModel | None:
         model = core().read_model(str(self.model_dir / "language_model.xml"))
-        config = prompt_config(model, self.device, self.config)
+        weights = (self.model_dir / "language_model.bin").stat().st_size
+        config = prompt_config(model, self.device, self.config, weights=weights)
         return None if config is None else compile_paged(core(), model, self.device, config)
 
     def wait_warm(self, timeout: float | None = None) -> bool:

@@ -192,6 +192,9 @@ def test_prompt_model_only_with_amx_integer_weights_and_no_chosen_precision(tiny
     assert prompt_config(int4, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}, cpu=AMX) is None  # the caller's choice
     assert prompt_config(int4, "GPU", base, cpu=AMX) is None
     assert prompt_config(fp32, "CPU", base, cpu=AMX) is None  # float weights: no integer kernels to leave
+    # Only while the weights fit twice with room to spare (the second model holds them again).
+    assert prompt_config(int4, "CPU", base, cpu=AMX, free=3 * 10**9, weights=10**9) is not None
+    assert prompt_config(int4, "CPU", base, cpu=AMX, free=3 * 10**9 - 1, weights=10**9) is None
 
 
 def test_prompt_model_writes_the_cache_the_language_model_reads(tiny_ir_lm_int4, monkeypatch):
