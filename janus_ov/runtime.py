@@ -1,6 +1,7 @@
 """Compiled OpenVINO parts and a bounded pool of per-request inference contexts.
 
-One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once. Each request
+One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once (on CPUs with AMX
+the language model twice: a bf16 copy for prompts, see prompt_config). Each request
 borrows a `Context`: its own infer requests for the language model (with its own paged KV
 cache, kv_cache.py) and for the small per-step parts. The two big one-shot parts (vision encoder, VQ
 decoder) have one shared infer request each, behind a lock: they run once per request and
@@ -84,7 +85,7 @@ def streaming_config(model: ov.Model, device: str, config: dict, cpu: set | None
       fp16 weights keep it too: with no integer kernels to reach, f32 only makes their arithmetic
       heavier (2.6x slower steps).
     - On CPUs with AMX, activations quantized in groups as long as the int4 weights' (the plugin
-      takes 32): there it is faster for prompts, chat tokens and image rows alike. On Zen 4
+      takes 32): there prompts and image rows are faster and a chat token no slower. On Zen 4
       (AVX-512 VNNI, no AMX) it makes a chat token slower, so the plugin's default stays there;
       and one compiled language model serves every kind of call (a second costs its weights again).
     Figures of both kinds: benchmarks/results/design-measurements.md.
