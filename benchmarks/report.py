@@ -27,12 +27,10 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-        flags = re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()
-        return sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f)
-    except (OSError, AttributeError):
-        return []
+    """The flags that decide the kernels (and the runtime's per-kind choices), from the runtime's reader."""
+    from janus_ov.runtime import cpu_flags as all_flags
+
+    return sorted(f for f in all_flags() if f.startswith(("avx", "amx")) or "vnni" in f)
 
 
 def load_average() -> list:

@@ -68,10 +68,11 @@ def bind_cache(request, past: int, rows: int = 1, kv=None, fill=None, width: int
     for name in names:
         if name.startswith(("key_cache.", "value_cache.")) and fill is not request:
             fill.set_tensor(name, request.get_tensor(name))
+    if "inputs_embeds" in names:
+        width = width or compiled.output(0).get_partial_shape()[-1].get_length()  # the input's: dynamic here
     rng = np.random.default_rng(0)
     for row in range(rows if past else 0):
         if "inputs_embeds" in names:
-            width = width or compiled.output(0).get_partial_shape()[-1].get_length()  # the input's: dynamic here
             tokens = {"inputs_embeds": (rng.standard_normal((past, width)) * 0.02).astype(np.float32)}
         else:  # GenAI's graph embeds token ids itself
             tokens = {"input_ids": rng.integers(1000, 90000, past).astype(np.int64)}
