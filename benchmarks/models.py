@@ -77,8 +77,24 @@ def _random_tensor(name: str, shape, generator):
     return t.normal_(0.0, 0.02, generator=generator)
 
 
-def _write_weights(model, output: Path, seed: int) -> int:
-    """Random-fill every tensor of a meta-device model into sharded safetensors; returns total bytes."""
+def _with_key_outliers(tensors: dict, factor: float, head_dim: int) -> dict:
+    """Scale the language model's k_proj rows of the last 4 channels of each rotary half of every head.
+
+    Trained LLMs' keys have a few channels far larger than the rest, in RoPE's slowest-turning pairs
+    (they keep their size through the rotation). Random weights have none, yet they are the case
+    where quantizing the KV cache per token (one scale over all channels) loses the most against
+    per channel: `benchmarks.recipe_deviation` on such a checkpoint measures that trade."""
+    half = head_dim // 2
+    for name, t in tensors.items():
+        if name.startswith("model.language_model.") and name.endswith("self_attn.k_proj.weight"):
+            rows = [h + c for h in range(0, t.shape[0], head_dim) for c in (*range(half - 4, half), *range(head_dim - 4, head_dim))]
+            t[rows] *= factor
+    return tensors
+
+
+def _write_weights(model, output: Path, seed: int, key_outliers: float = 0.0) -> int:
+    """Random-fill every tensor of a meta-device model into sharded safetensors; returns total bytes.
+    key_outliers > 0: with _with_key_outliers(factor=key_outliers)."""
     import torch
     from safetensors.torch import save_file
 
@@ -97,6 +113,9 @@ def _write_weights(model, output: Path, seed: int) -> int:
     for i, names in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
         tensors = {n: _random_tensor(n, s, gen) for n, s in names.items()}
+        if key_outliers:
+            config = model.config.text_config
+            tensors = _with_key_outliers(tensors, key_outliers, config.hidden_size // config.num_attention_heads)
         total += sum(t.numel() * 2 for t in tensors.values())
         save_file(tensors, str(output / fname), metadata={"format": "pt"})
         del tensors
@@ -108,8 +127,9 @@ def _write_weights(model, output: Path, seed: int) -> int:
 
 
 def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = None, seed: int = 0,
-                       force: bool = False) -> Path:
-    """Build (or reuse) a full-size random-weight checkpoint; returns its directory."""
+                       force: bool = False, key_outliers: float = 0.0) -> Path:
+    """Build (or reuse) a full-size random-weight checkpoint; returns its directory.
+    key_outliers > 0: keys with outlier channels that large (_with_key_outliers), in <model>-random-key-outliersN."""
     import torch
     from transformers import GenerationConfig, JanusForConditionalGeneration
 
@@ -118,6 +138,8 @@ def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = N
     if name not in SHAPES:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(SHAPES)}")
     output = Path(output) if output else default_path(name)
+    if key_outliers and not output.name.endswith("key-outliers"):
+        output = output.with_name(f"{output.name}-key-outliers{key_outliers:g}")
     done = output / "build.json"
     if done.exists() and not force:
         return output  # cached: building the 1B takes minutes
@@ -129,13 +151,13 @@ def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = N
     config = build_config(name, ids)
     with torch.device("meta"):
         model = JanusForConditionalGeneration(config)
-    total = _write_weights(model, output, seed)
+    total = _write_weights(model, output, seed, key_outliers)
     config.save_pretrained(output)
     gen = GenerationConfig(temperature=1.0, guidance_scale=5, pad_token_id=ids[PAD], bos_token_id=ids[BOS],
                            eos_token_id=ids[EOS])
     gen.generation_kwargs = {"boi_token_id": ids[BOI]}  # read by transformers' Janus image generation
     gen.save_pretrained(output)
-    info = {"model": name, "seed": seed, "bytes_bf16": total, "build_seconds": round(time.perf_counter() - t0, 1)}
+    info = {"model": name, "seed": seed, **({"key_outliers": key_outliers} if key_outliers else {}), "bytes_bf16": total, "build_seconds": round(time.perf_counter() - t0, 1)}
     done.write_text(json.dumps(info, indent=2))  # written last: marks a complete build
     return output
 
@@ -146,8 +168,10 @@ def main(argv=None):
     parser.add_argument("--output", help=f"default: {MODELS_DIR}/<model>-random")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
+    parser.add_argument("--key-outliers", type=float, default=0.0,
+                        help="scale 8 of each head's key channels by this (trained models' outlier channels)")
     args = parser.parse_args(argv)
-    path = build_random_model(args.model, args.output, seed=args.seed, force=args.force)
+    path = build_random_model(args.model, args.output, seed=args.seed, force=args.force, key_outliers=args.key_outliers)
     print(json.dumps({"model_dir": str(path), **json.loads((path / "build.json").read_text(encoding="utf-8"))}))
 
 

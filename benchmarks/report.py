@@ -60,10 +60,17 @@ def machine() -> dict:
             "git_commit": commit, "load_start": load_average()}
 
 
+def vector_tier() -> str:
+    """The widest matrix/vector units: what separates machine kinds that share a model name
+    (our "AMD EPYC" VMs are AVX2-only Zen 3 or AVX-512 Zen 4, and their figures differ a lot)."""
+    flags = set(cpu_flags())
+    return next((tier for tier, flag in (("amx", "amx_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")) if flag in flags), "")
+
+
 def machine_slug() -> str:
     words = re.sub(r"\(.*?\)|processor|\d+-core|cpu", " ", cpu_model().lower())
     slug = "-".join(re.findall(r"[a-z0-9]+", words))[:40] or "cpu"
-    return f"{slug}-{os.cpu_count()}cpu"
+    return "-".join(filter(None, (slug, vector_tier(), f"{os.cpu_count()}cpu")))
 
 
 # ---------------------------------------------------------------- derived figures

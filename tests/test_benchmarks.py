@@ -237,6 +237,50 @@ def test_recipe_deviation_is_zero_against_itself_and_orders_the_recipes(tiny_mod
         assert 0 < spiky["int4:dq16"][layer] < 0.2 and 0 < spiky["int4"][layer] < 0.2
 
 
+def test_recipe_deviation_measures_the_kv_cache_against_an_f32_cache_reference(tiny_ir_fp32, tmp_path):
+    """The reference takes plugin settings too: fp32 weights with an f32 KV cache against the same IR
+    with the plugin's u8 cache (keys by channel) and with keys by token. fp32:LABEL names have no
+    per-matmul errors (no weight recipe), so the run does not stop there."""
+    from benchmarks import recipe_deviation
+
+    recipe_deviation.main(["--ir", f"fp32={tiny_ir_fp32}", "--config", 'fp32={"KV_CACHE_PRECISION": "f32"}',
+                           "--ir", f"fp32:u8={tiny_ir_fp32}", "--ir", f"fp32:u8-by-token={tiny_ir_fp32}",
+                           "--config", 'fp32:u8-by-token={"KEY_CACHE_QUANT_MODE": "BY_TOKEN"}',
+                           "--prompt-tokens", "48", "--steps", "8", "--out", str(tmp_path)])
+    res = json.loads(next(tmp_path.glob("*-recipe-deviation.json")).read_text(encoding="utf-8"))
+    for name in ("fp32:u8", "fp32:u8-by-token"):
+        lm = res["formats"][name]["language_model"]
+        assert 0 < lm["hidden_rel_error_median"] < 0.1, (name, lm)  # u8 rounding, nothing worse
+    assert res["layer_0_output_rel_error"] == {}
+
+
+def test_key_outliers_scale_each_heads_slowest_rotary_channels_only():
+    """benchmarks.models --key-outliers: 8 of each head's key channels (the last 4 of each rotary half)."""
+    import torch
+
+    from benchmarks.models import _with_key_outliers
+
+    k = torch.ones(2 * 16, 3)  # 2 heads of 16 channels
+    other = torch.ones(32, 3)
+    out = _with_key_outliers({"model.language_model.layers.0.self_attn.k_proj.weight": k.clone(),
+                              "model.language_model.layers.0.self_attn.q_proj.weight": other.clone()}, 10.0, 16)
+    scaled = {i for i in range(32) if out["model.language_model.layers.0.self_attn.k_proj.weight"][i, 0] == 10}
+    assert scaled == {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}
+    assert torch.equal(out["model.language_model.layers.0.self_attn.q_proj.weight"], other)
+
+
+def test_machine_names_tell_kinds_with_one_model_name_apart(monkeypatch):
+    """Our AVX2 Zen 3 and AVX-512 Zen 4 VMs both call themselves "AMD EPYC": results files must differ."""
+    from benchmarks import report
+
+    monkeypatch.setattr(report, "cpu_model", lambda: "AMD EPYC")
+    names = set()
+    for flags in (["avx2"], ["avx2", "avx512f", "avx512_vnni"], ["avx2", "avx512f", "amx_bf16"]):
+        monkeypatch.setattr(report, "cpu_flags", lambda flags=flags: flags)
+        names.add(report.machine_slug())
+    assert len(names) == 3 and all(n.startswith("amd-epyc-") for n in names)
+
+
 def test_lm_head_benchmark_times_both_heads_and_keeps_the_top_token(tiny_ir_fp32, tmp_path):
     """benchmarks.lm_head on the tiny export: both heads timed at each row count; against the fp32 head
     the screened one keeps INT8 precision on the top logits and a larger error on the rest (the int4
