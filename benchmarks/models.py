@@ -87,7 +87,8 @@ def _with_key_outliers(tensors: dict, factor: float, head_dim: int) -> dict:
     half = head_dim // 2
     for name, t in tensors.items():
         if name.startswith("model.language_model.") and name.endswith("self_attn.k_proj.weight"):
-            rows = [h + c for h in range(0, t.shape[0], head_dim) for c in (*range(half - 4, half), *range(head_dim - 4, head_dim))]
+            slow = (*range(half - 4, half), *range(head_dim - 4, head_dim))
+            rows = [h + c for h in range(0, t.shape[0], head_dim) for c in slow]
             t[rows] *= factor
     return tensors
 
@@ -157,7 +158,8 @@ def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = N
                            eos_token_id=ids[EOS])
     gen.generation_kwargs = {"boi_token_id": ids[BOI]}  # read by transformers' Janus image generation
     gen.save_pretrained(output)
-    info = {"model": name, "seed": seed, **({"key_outliers": key_outliers} if key_outliers else {}), "bytes_bf16": total, "build_seconds": round(time.perf_counter() - t0, 1)}
+    info = {"model": name, "seed": seed, **({"key_outliers": key_outliers} if key_outliers else {}),
+            "bytes_bf16": total, "build_seconds": round(time.perf_counter() - t0, 1)}
     done.write_text(json.dumps(info, indent=2))  # written last: marks a complete build
     return output
 
