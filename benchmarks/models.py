@@ -85,9 +85,9 @@ def _with_key_outliers(tensors: dict, factor: float, head_dim: int) -> dict:
     where quantizing the KV cache per token (one scale over all channels) loses the most against
     per channel: `benchmarks.recipe_deviation` on such a checkpoint measures that trade."""
     half = head_dim // 2
+    slow = (*range(half - 4, half), *range(head_dim - 4, head_dim))
     for name, t in tensors.items():
         if name.startswith("model.language_model.") and name.endswith("self_attn.k_proj.weight"):
-            slow = (*range(half - 4, half), *range(head_dim - 4, head_dim))
             rows = [h + c for h in range(0, t.shape[0], head_dim) for c in slow]
             t[rows] *= factor
     return tensors
@@ -130,7 +130,8 @@ def _write_weights(model, output: Path, seed: int, key_outliers: float = 0.0) ->
 def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = None, seed: int = 0,
                        force: bool = False, key_outliers: float = 0.0) -> Path:
     """Build (or reuse) a full-size random-weight checkpoint; returns its directory.
-    key_outliers > 0: keys with outlier channels that large (_with_key_outliers), in <model>-random-key-outliersN."""
+    key_outliers > 0: keys with outlier channels that large (_with_key_outliers), by default in
+    <model>-random-key-outliersN."""
     import torch
     from transformers import GenerationConfig, JanusForConditionalGeneration
 
@@ -138,9 +139,11 @@ def build_random_model(name: str = "janus-pro-1b", output: str | Path | None = N
 
     if name not in SHAPES:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(SHAPES)}")
-    output = Path(output) if output else default_path(name)
-    if key_outliers and not output.name.endswith("key-outliers"):
-        output = output.with_name(f"{output.name}-key-outliers{key_outliers:g}")
+    if output is None:
+        output = default_path(name)
+        if key_outliers:
+            output = output.with_name(f"{output.name}-key-outliers{key_outliers:g}")
+    output = Path(output)
     done = output / "build.json"
     if done.exists() and not force:
         return output  # cached: building the 1B takes minutes
