@@ -97,6 +97,8 @@ def layer_errors(checkpoint, recipes, rows: int = 16, configs: dict | None = Non
     from janus_ov.compress import nncf_arguments
     from janus_ov.runtime import streaming_config  # as the runtime compiles the language model
 
+    if not recipes:  # nothing to measure: the run needs no checkpoint
+        return {}
     nncf.set_log_level(logging.ERROR)
     out = {name: {} for name in recipes}
     shard = sorted(checkpoint.glob("*.safetensors"))[0]

@@ -37,7 +37,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.authentication import AuthenticationBackend, AuthenticationError
 from starlette.exceptions import HTTPException
+from starlette.middleware.authentication import AuthenticationMiddleware
 
 from .errors import JanusError, ServerBusyError
 from .images import upscale
@@ -61,6 +63,16 @@ class APIError(Exception):
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         headers = {"Retry-After": "5"} if self.status == 503 else None
         return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+class _KeyCheck(AuthenticationBackend):
+    def __init__(self, api_key: str):
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def authenticate(self, conn):
+        if not hmac.compare_digest(conn.headers.get("authorization", "").encode(), self.expected):
+            raise AuthenticationError("Missing or wrong API key: send the header 'Authorization: Bearer <key>'.")
+        return None
 
 
 def _api_error(error: JanusError) -> APIError:
@@ -120,14 +132,11 @@ def create_api(pipe, model_id: str, api_key: str | None = None, allow_image_urls
         files.mkdir(parents=True, exist_ok=True)
     images = _ImageSources(allow_image_urls, upload_folder, files)
 
-    @api.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return APIError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
-                                code="invalid_api_key").response()
-        return await call_next(request)
+    if api_key is not None:
+        # A plain ASGI middleware: @api.middleware("http") (BaseHTTPMiddleware) would hide a client's
+        # hang-up from request.is_disconnected(), so abandoned image requests would run to the end.
+        api.add_middleware(AuthenticationMiddleware, backend=_KeyCheck(api_key),
+                           on_error=lambda conn, error: APIError(401, str(error), code="invalid_api_key").response())
 
     @api.exception_handler(APIError)
     async def api_error(request, error: APIError):
