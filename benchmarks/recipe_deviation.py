@@ -89,6 +89,8 @@ def layer_errors(checkpoint, recipes, rows: int = 16, configs: dict | None = Non
     network compound it. outliers > 0 scales 1 % of the input channels by that factor, as trained LLMs'
     activations have a few outlier channels: the case where activations quantized in longer groups
     (DYNAMIC_QUANTIZATION_GROUP_SIZE) lose the most."""
+    if not recipes:  # nothing to measure: the run needs no checkpoint (nor nncf)
+        return {}
     import nncf
     import openvino as ov
     import openvino.opset13 as ops
@@ -97,8 +99,6 @@ def layer_errors(checkpoint, recipes, rows: int = 16, configs: dict | None = Non
     from janus_ov.compress import nncf_arguments
     from janus_ov.runtime import streaming_config  # as the runtime compiles the language model
 
-    if not recipes:  # nothing to measure: the run needs no checkpoint
-        return {}
     nncf.set_log_level(logging.ERROR)
     out = {name: {} for name in recipes}
     shard = sorted(checkpoint.glob("*.safetensors"))[0]
