@@ -16,14 +16,24 @@ PACKAGES = ("openvino", "nncf", "torch", "transformers", "numpy", "tokenizers")
 
 # ---------------------------------------------------------------- machine
 
-def cpu_model() -> str:
+def cpuinfo(field: str) -> str:
+    """The first `field` of /proc/cpuinfo ("" where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_family() -> str:
+    """The CPU family number: our "AMD EPYC" VMs with AVX-512 are Zen 4 (family 25) or Zen 5 (26)."""
+    return cpuinfo("cpu family")
 
 
 def cpu_flags() -> list:
@@ -54,7 +64,7 @@ def machine() -> dict:
                                 capture_output=True, encoding="utf-8", errors="replace", timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpu_family": cpu_family(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
             "physical_cores": psutil.cpu_count(logical=False), "ram_gib": round(psutil.virtual_memory().total / GIB, 1),
             "os": platform.platform(), "python": platform.python_version(), "versions": versions,
             "git_commit": commit, "load_start": load_average()}
@@ -70,7 +80,8 @@ def vector_tier() -> str:
 def machine_slug() -> str:
     words = re.sub(r"\(.*?\)|processor|\d+-core|cpu", " ", cpu_model().lower())
     slug = "-".join(re.findall(r"[a-z0-9]+", words))[:40] or "cpu"
-    return "-".join(filter(None, (slug, vector_tier(), f"{os.cpu_count()}cpu")))
+    family = f"f{cpu_family()}" if cpu_family() else ""
+    return "-".join(filter(None, (slug, family, vector_tier(), f"{os.cpu_count()}cpu")))
 
 
 # ---------------------------------------------------------------- derived figures

@@ -271,15 +271,17 @@ def test_key_outliers_scale_each_heads_slowest_rotary_channels_only():
 
 
 def test_machine_names_tell_kinds_with_one_model_name_apart(monkeypatch):
-    """Our AVX2 Zen 3 and AVX-512 Zen 4 VMs both call themselves "AMD EPYC": results files must differ."""
+    """Our AVX2 Zen 3, AVX-512 Zen 4 and Zen 5 VMs all call themselves "AMD EPYC": results files must differ."""
     from benchmarks import report
 
     monkeypatch.setattr(report, "cpu_model", lambda: "AMD EPYC")
     names = set()
-    for flags in (["avx2"], ["avx2", "avx512f", "avx512_vnni"], ["avx2", "avx512f", "amx_bf16"]):
+    for family, flags in (("25", ["avx2"]), ("25", ["avx2", "avx512f", "avx512_vnni"]),
+                          ("26", ["avx2", "avx512f", "avx512_vnni"]), ("6", ["avx2", "avx512f", "amx_bf16"])):
         monkeypatch.setattr(report, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(report, "cpu_family", lambda family=family: family)
         names.add(report.machine_slug())
-    assert len(names) == 3 and all(n.startswith("amd-epyc-") for n in names)
+    assert len(names) == 4 and all(n.startswith("amd-epyc-") for n in names)
 
 
 def test_lm_head_benchmark_times_both_heads_and_keeps_the_top_token(tiny_ir_fp32, tmp_path):
