@@ -38,6 +38,7 @@ from .memory import drop_mapped_pages
 from .model_info import ModelInfo
 from .parts import PARTS, int4_group_size, integer_weights
 from .prefix_cache import PrefixCache
+from .tuning import activation_group
 
 # Parts each request gets its own infer request for (called at every generation step).
 PER_REQUEST = ("text_embeddings", "language_model", "lm_head", "gen_embeddings", "gen_head")
@@ -72,9 +73,9 @@ def compile_config(device: str, ov_config: dict | None, cache_dir: str | Path | 
     return config
 
 
-def streaming_config(model: ov.Model, device: str, config: dict, cpu: set | None = None) -> dict:
+def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
     """`config` for a part of STREAMING, with what suits its weights on this CPU; the caller's
-    settings win. cpu: the CPU's feature flags (default: this machine's, `cpu_flags()`).
+    settings win.
 
     Those parts are memory-bound (each call reads all their weights for a few rows):
     - f32 activations when the weights are integer. The CPU plugin then quantizes the activations
@@ -84,18 +85,20 @@ def streaming_config(model: ov.Model, device: str, config: dict, cpu: set | None
       (vision encoder, VQ decoder) keep the default: bf16 is faster there (1.2x and 1.9x on Zen 4).
       fp16 weights keep it too: with no integer kernels to reach, f32 only makes their arithmetic
       heavier (2.6x slower steps).
-    - On CPUs with AMX, activations quantized in groups as long as the int4 weights' (the plugin
-      takes 32): there prompts and image rows are faster and a chat token no slower. On Zen 4
-      (AVX-512 VNNI, no AMX) it makes a chat token slower, so the plugin's default stays there;
-      and one compiled language model serves every kind of call (a second costs its weights again).
-    Figures of both kinds: benchmarks/results/design-measurements.md.
+    - Activations quantized in groups as long as the int4 weights' (the plugin takes 32) where a
+      measurement on this machine finds a chat token no slower with them (tuning.py: kinds with the
+      same flags differ); prompts and image rows are faster with them wherever measured. The verdict
+      is kept beside the compiled-model cache (config's CACHE_DIR).
+    Figures of each kind: benchmarks/results/design-measurements.md.
     """
     if not (device.startswith("CPU") and integer_weights(model)):
         return config
     chosen = {"INFERENCE_PRECISION_HINT": "f32"}
     group = int4_group_size(model)
-    if group and "amx_int8" in (cpu_flags() if cpu is None else cpu):
-        chosen["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(group)
+    if group and "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in config:
+        measured = activation_group(model, group, config.get("CACHE_DIR"))
+        if measured:
+            chosen["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(measured)
     return {**chosen, **config}
 
 
@@ -107,14 +110,15 @@ PROMPT_TOKENS = 64
 def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = None,
                   free: int | None = None, weights: int = 0) -> dict | None:
     """Settings of a second compiled language model for prompt-sized calls, or None: one model then
-    serves every call. cpu: as for streaming_config. free: bytes of memory available (default:
+    serves every call. cpu: the CPU's feature flags (default: this machine's, `cpu_flags()`). free: bytes of memory available (default:
     this machine's now); weights: the language model's IR weight bytes.
 
     On CPUs with AMX, bf16 activations put a prompt's matmuls on the AMX tiles: a 640-token prompt is
     1.6x faster than with the integer kernels streaming_config picks, which stay faster for a few
     rows (a chat token 1.4x, 8 image rows 1.9x). Both models read and write the same KV cache (the
     plugin gives both its u8 layout; Runtime checks). Not where the caller chose a precision (one
-    model with it), nor on CPUs without AMX (Zen 4's bf16 has no tiles; not measured to pay). The
+    model with it), nor on CPUs without AMX (AVX-512 bf16 has no tiles: on Zen 5 a bf16 prompt was no
+    faster than the integer kernels, on Zen 4 it was not measured to pay). The
     second model holds the weights once more in the plugin's layout (+0.9 GB for the 1B int4, +3.7 GB
     for the 7B), so it is compiled only while 3x the weights are free: both copies and room to spare.
     """
@@ -262,6 +266,9 @@ class Runtime:
         # Compiling from the path (not a read_model result) lets a cache hit skip reading the IR.
         # Parts compile in parallel: OpenVINO releases the GIL, and the big part dominates anyway.
         try:
+            # A first launch on this machine measures the language model's activation group (tuning.py):
+            # here, alone, not while the parts compile in parallel below (which then find the verdict).
+            streaming_config(core().read_model(str(self.model_dir / "language_model.xml")), device, self.config)
             with ThreadPoolExecutor(max_workers=len(PARTS) + 1) as pool:
                 prompt_model = pool.submit(self._compile_prompt_model)
                 compiled = pool.map(self._compile, PARTS)
