@@ -110,8 +110,9 @@ PROMPT_TOKENS = 64
 def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = None,
                   free: int | None = None, weights: int = 0) -> dict | None:
     """Settings of a second compiled language model for prompt-sized calls, or None: one model then
-    serves every call. cpu: the CPU's feature flags (default: this machine's, `cpu_flags()`). free: bytes of memory available (default:
-    this machine's now); weights: the language model's IR weight bytes.
+    serves every call. cpu: the CPU's feature flags (default: this machine's, `cpu_flags()`).
+    free: bytes of memory available (default: this machine's now); weights: the language model's IR
+    weight bytes.
 
     On CPUs with AMX, bf16 activations put a prompt's matmuls on the AMX tiles: a 640-token prompt is
     1.6x faster than with the integer kernels streaming_config picks, which stay faster for a few

@@ -15,9 +15,9 @@ import torch
 from conftest import F32
 
 from janus_ov import parts
-from janus_ov.parts import int4_group_size
 from janus_ov.errors import ConversionError, ModelNotFoundError
 from janus_ov.model_info import ModelInfo
+from janus_ov.parts import int4_group_size
 
 FP32_TOL, FP16_TOL = 1e-3, 2e-2
 CORE = ov.Core()
