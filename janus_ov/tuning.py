@@ -8,7 +8,7 @@ slower on another (Zen 4), which shares its CPU flags with Zen 5. So it is measu
 from flags: the int4 matmuls of the language model's first layers (its own weights, as they are in
 the IR) compiled with either group and called in turn with one row (a chat token) and eight (four
 images' CFG rows). The verdict is kept per CPU, OpenVINO version and weight layout in a small JSON
-file beside OpenVINO's compiled-model cache, so a machine pays the second or two once; without a
+file beside OpenVINO's compiled-model cache, so a machine pays its few seconds once; without a
 cache folder it is measured once per process. Figures: benchmarks/results/design-measurements.md.
 """
 
@@ -49,7 +49,7 @@ def activation_group(model: ov.Model, group: int, record_dir: str | Path | None)
     path = Path(record_dir) / RECORD if record_dir else None
     with _lock:  # one measurement at a time, and never while another thread measures
         verdict = _measured.get((path, key)) or _read(path).get(key)
-        if verdict is None:
+        if not (isinstance(verdict, dict) and verdict.get("group") in (default, group)):  # none, or not ours
             times = time_groups(weight_chain(model), (default, group))
             verdict = {"group": choose(times, default, group), "ms": times, "date": time.strftime("%Y-%m-%d %H:%M")}
             _write(path, key, verdict)
@@ -147,9 +147,10 @@ def layout_key(model: ov.Model, group: int) -> str:
 
 def _read(path: Path | None) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path else {}
+        record = json.loads(path.read_text(encoding="utf-8")) if path else {}
     except (OSError, ValueError):
         return {}  # none yet, or unreadable: measure again (and replace it)
+    return record if isinstance(record, dict) else {}
 
 
 def _write(path: Path | None, key: str, verdict: dict) -> None:

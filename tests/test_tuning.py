@@ -76,12 +76,16 @@ def test_measured_once_then_read_from_the_record(lm, tmp_path, tiny_ir_lm_int4):
         assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == kept
 
 
-def test_an_unreadable_record_is_measured_again_and_replaced(lm, tmp_path):
+@pytest.mark.parametrize("text", ['{"half a rec', "[1, 2]", "{KEY: {}}", '{KEY: {"group": 7}}'],
+                         ids=["cut short", "not a record", "no verdict", "a group not in question"])
+def test_an_unreadable_record_is_measured_again_and_replaced(lm, tmp_path, text):
     model, group = lm
-    (tmp_path / tuning.RECORD).write_text('{"half a rec', encoding="utf-8")  # e.g. a disk that filled up
+    key = f"{tuning.machine_key()}|{tuning.layout_key(model, group)}"
+    (tmp_path / tuning.RECORD).write_text(text.replace("KEY", json.dumps(key)), encoding="utf-8")  # e.g. a full disk
     assert tuning.activation_group(model, group, tmp_path) in (group, None)
     record = json.loads((tmp_path / tuning.RECORD).read_text(encoding="utf-8"))
-    assert len(record) == 1 and not list(tmp_path.glob(".*"))  # whole, and no temporary file left
+    assert record[key]["group"] in (group, DEFAULT) and record[key]["ms"]  # measured and replaced
+    assert not list(tmp_path.glob(".*"))  # whole, and no temporary file left
 
 
 def test_a_cache_folder_that_cannot_be_written_costs_a_measurement_not_a_failure(lm, tmp_path):
