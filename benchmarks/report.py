@@ -16,29 +16,22 @@ PACKAGES = ("openvino", "nncf", "torch", "transformers", "numpy", "tokenizers")
 
 # ---------------------------------------------------------------- machine
 
-def cpuinfo(field: str) -> str:
-    """The first `field` of /proc/cpuinfo ("" where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.split(":", 1)[0].strip() == field:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def cpu_model() -> str:
-    return cpuinfo("model name") or platform.processor() or platform.machine()
+    from janus_ov.tuning import cpu_info
+
+    return cpu_info().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_family() -> str:
     """The CPU family number: our "AMD EPYC" VMs with AVX-512 are Zen 4 (family 25) or Zen 5 (26)."""
-    return cpuinfo("cpu family")
+    from janus_ov.tuning import cpu_info
+
+    return cpu_info().get("cpu family", "")
 
 
 def cpu_flags() -> list:
     """The flags that decide the kernels (and the runtime's per-kind choices), from the runtime's reader."""
-    from janus_ov.runtime import cpu_flags as all_flags
+    from janus_ov.tuning import cpu_flags as all_flags
 
     return sorted(f for f in all_flags() if f.startswith(("avx", "amx")) or "vnni" in f)
 

@@ -25,7 +25,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from .memory import drop_mapped_pages
 from .model_info import ModelInfo
 from .parts import PARTS, int4_group_size, integer_weights
 from .prefix_cache import PrefixCache
-from .tuning import activation_group
+from .tuning import activation_group, cpu_flags
 
 # Parts each request gets its own infer request for (called at every generation step).
 PER_REQUEST = ("text_embeddings", "language_model", "lm_head", "gen_embeddings", "gen_head")
@@ -136,16 +135,6 @@ def cache_ports(compiled: ov.CompiledModel) -> set:
     """(name, element type, shape) of a compiled PagedAttention model's cache inputs."""
     return {(p.get_any_name(), p.get_element_type().get_type_name(), str(p.get_partial_shape()))
             for p in compiled.inputs if p.get_any_name().startswith(("key_cache.", "value_cache."))}
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset:
-    """This machine's CPU feature flags (Linux's /proc/cpuinfo; empty elsewhere: the plugin's defaults)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            return frozenset(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
-    except OSError:
-        return frozenset()
 
 
 def _tensor(array: np.ndarray, dtype) -> tuple[ov.Tensor, np.ndarray]:

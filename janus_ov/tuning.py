@@ -20,6 +20,7 @@ import os
 import statistics
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -121,19 +122,34 @@ def time_groups(chain: ov.Model, groups, rows=ROWS, rounds: int = 15) -> dict:
     return {g: {m: round(statistics.median(v) * 1e3, 3) for m, v in per.items()} for g, per in times.items()}
 
 
-def machine_key() -> str:
-    """This CPU (model, family, stepping, flags, cores) and OpenVINO's version: what the verdict holds for."""
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """This machine's first CPU as Linux's /proc/cpuinfo describes it (field -> text; empty elsewhere:
+    then every choice made from it falls back to the plugin's defaults). The one reader of that file."""
     fields = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
-                name, _, value = line.partition(":")
-                if name.strip() in ("model name", "cpu family", "model", "stepping", "flags"):
-                    fields.setdefault(name.strip(), value.strip())
+                name, colon, value = line.partition(":")
+                if not colon and fields:
+                    break  # the first processor's block is over
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    flags = hashlib.sha1(fields.pop("flags", "").encode()).hexdigest()[:12]
-    return "|".join([*fields.values(), flags, str(os.cpu_count()), ov.get_version()])
+    return fields
+
+
+def cpu_flags() -> frozenset:
+    """This machine's CPU feature flags."""
+    return frozenset(cpu_info().get("flags", "").split())
+
+
+def machine_key() -> str:
+    """This CPU (model, family, stepping, flags, cores) and OpenVINO's version: what the verdict holds for."""
+    info = cpu_info()
+    flags = hashlib.sha1(info.get("flags", "").encode()).hexdigest()[:12]
+    ids = [info.get(field, "") for field in ("model name", "cpu family", "model", "stepping")]
+    return "|".join([*ids, flags, str(os.cpu_count()), ov.get_version()])
 
 
 def layout_key(model: ov.Model, group: int) -> str:
