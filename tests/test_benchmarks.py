@@ -344,3 +344,16 @@ def test_step_profile_variants_take_turns_with_the_shipped_steps(tiny_ir_fp32, c
     assert {"ours_1_images", "ours_2_images", "ours_1_images_dq16", "ours_2_images_dq16"} <= set(out)
     assert out["config"] == step_profile.CONFIG and "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in step_profile.CONFIG
     assert all(out[k]["step_ms"] > 0 for k in out if k.startswith("ours"))
+
+
+def test_decode_attention_kernel_matches_the_plugins_attention_on_its_own_cache(tiny_ir_fp32):
+    """benchmarks.decode_attention builds its kernel with g++ and reads the cache the CPU plugin's
+    PagedAttention wrote in a real decode step (rows of different blocks, a partial last block): its
+    output for layer 0 must be the plugin's, and both sides must have been timed."""
+    from benchmarks import decode_attention
+
+    result = decode_attention.measure(tiny_ir_fp32, rows=(1, 3), past=40, rounds=1, steps=1)
+    assert result["kernel_isa"] in ("avx512", "portable")
+    for size in result["sizes"]:
+        assert size["max_rel_diff_layer0"] < 1e-4, size
+        assert size["plugin_ms_per_step"] > 0 and size["ours_ms_per_step"] > 0
