@@ -2,8 +2,8 @@
 
 Issue 21, item 3: four images cost far more than one mostly because attention over 8 CFG rows
 grows 3.4x (Zen 5) while the matmuls grow 1.2-1.4x; the plugin takes a slower path once a call
-has as many sequences as threads (design-measurements.md). This measures what a kernel of ours
-(decode_attention.cpp, built here with g++ for this CPU) would save before any of it is wired in:
+has as many sequences as threads (design-measurements.md). This measures our kernel (the decode path of
+janus_ov/attention.cpp, built as the runtime builds it) against the plugin's, outside the model:
 - the check: layer 0's attention output of a real decode step, computed by the plugin inside the
   language model (an extra model output) and by our kernel from the same query and the cache the
   plugin wrote; max relative difference;
@@ -19,31 +19,23 @@ import argparse
 import ctypes
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-SOURCE = Path(__file__).with_suffix(".cpp")
 
+def load() -> ctypes.CDLL:
+    """The runtime's own build of janus_ov/attention.cpp (built now if this machine has none)."""
+    from janus_ov import attention
 
-def build(out_dir: Path) -> ctypes.CDLL:
-    """Compile the kernel for this CPU (-march=native) against the TBB that OpenVINO ships and uses:
-    the kernel's threads then come from the same pool as the plugin's."""
-    import openvino
-
-    root = Path(openvino.__file__).parent
-    lib = out_dir / "libdecode_attention.so"
-    subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd",
-                    f"-I{root / 'include'}", str(SOURCE), f"-L{root / 'libs'}", "-l:libtbb.so.12",
-                    f"-Wl,-rpath,{root / 'libs'}", "-o", str(lib)], check=True)
-    dll = ctypes.CDLL(str(lib))
+    path = attention.library(None)
+    if path is None:
+        raise SystemExit("attention.cpp cannot be built here (see the message above)")
+    dll = ctypes.CDLL(str(path))
     p, i = ctypes.c_void_p, ctypes.c_int
-    dll.janus_decode_attention.argtypes = [p, i, i, i, p, p, p, p, p, ctypes.c_float, p]
-    dll.janus_decode_attention_isa.restype = ctypes.c_char_p
+    dll.janus_decode_attention.argtypes = [p, i, i, i, p, p, i, p, p, p, ctypes.c_float, p]
     return dll
 
 
@@ -53,10 +45,8 @@ def attention(dll, q: np.ndarray, keys: np.ndarray, values: np.ndarray, inputs: 
     rows, width = q.shape
     out = np.empty_like(q)
     arrays = [np.ascontiguousarray(inputs[k]) for k in ("past_lens", "block_indices", "block_indices_begins")]
-    status = dll.janus_decode_attention(q.ctypes.data, rows, heads, width // heads, keys.ctypes.data,
-                                        values.ctypes.data, *(a.ctypes.data for a in arrays), scale, out.ctypes.data)
-    if status:
-        raise ValueError(f"the kernel does not take head size {width // heads}")
+    dll.janus_decode_attention(q.ctypes.data, rows, heads, width // heads, keys.ctypes.data, values.ctypes.data,
+                               keys.shape[1], *(a.ctypes.data for a in arrays), scale, out.ctypes.data)
     return out
 
 
@@ -72,7 +62,7 @@ def paged_with_layer0(core, ir: Path, profiled: bool):
     # f32 as our kernel computes (and as the runtime compiles int4 and int8 language models anyway).
     settings = {"PERF_COUNT": profiled, "INFERENCE_PRECISION_HINT": "f32"}
     config = streaming_config(model, "CPU", compile_config("CPU", settings, None))
-    paged_attention_transformation(model)
+    paged_attention_transformation(model)  # the plugin's PagedAttention: the other side of the comparison
     first = next(op for op in model.get_ordered_ops() if op.get_type_name() == "PagedAttentionExtension")
     model.add_results([ov.opset13.result(first.input_value(0)), ov.opset13.result(first.output(0))])
     scale = float(first.input_value(9).get_node().get_data())
@@ -121,12 +111,11 @@ def one_size(core, dll, ir: Path, rows: int, past: int, rounds: int, steps: int)
 def measure(ir: Path, rows=(1, 2, 8), past: int = 300, rounds: int = 7, steps: int = 5) -> dict:
     import openvino as ov
 
-    core = ov.Core()
-    with tempfile.TemporaryDirectory() as tmp:
-        dll = build(Path(tmp))
-        isa = dll.janus_decode_attention_isa().decode()
-        sizes = [one_size(core, dll, ir, n, past, rounds, steps) for n in rows]
-    return {"kernel_isa": isa, "sizes": sizes}
+    from janus_ov.tuning import cpu_flags
+
+    core, dll = ov.Core(), load()
+    sizes = [one_size(core, dll, ir, n, past, rounds, steps) for n in rows]
+    return {"kernel_isa": "avx512" if "avx512f" in cpu_flags() else "portable", "sizes": sizes}
 
 
 def main(argv=None):

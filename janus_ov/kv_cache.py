@@ -22,14 +22,30 @@ import openvino as ov
 BLOCK_SIZE = {"CPU": 32, "GPU": 16}
 
 
-def compile_paged(core: ov.Core, model: ov.Model, device: str, config: dict) -> ov.CompiledModel:
-    """Turn the stateful language model (read from its IR) into a PagedAttention model, compile it."""
+def paged(model: ov.Model, device: str, config: dict) -> ov.Model:
+    """The stateful language model (read from its IR) as a PagedAttention model, in place. Where
+    attention.prepare loads it, our own attention operation takes the plugin's place (same cache
+    layout; its build is kept beside the compiled-model cache, config's CACHE_DIR). Not while other
+    threads read IRs: see attention.prepare."""
     from openvino._offline_transformations import paged_attention_transformation
 
+    from . import attention
+
     paged_attention_transformation(model)
-    # No compiled-model cache for this one: the cache key of a model object is a hash of all its
-    # weights, which takes longer than compiling it.
-    return core.compile_model(model, device, {k: v for k, v in config.items() if k != "CACHE_DIR"})
+    if attention.prepare(device, config):
+        attention.replace_paged_attention(model)
+    return model
+
+
+def uncached(config: dict) -> dict:
+    """No compiled-model cache for a paged model: the cache key of a model object is a hash of all
+    its weights, which takes longer than compiling it."""
+    return {k: v for k, v in config.items() if k != "CACHE_DIR"}
+
+
+def compile_paged(core: ov.Core, model: ov.Model, device: str, config: dict) -> ov.CompiledModel:
+    """Turn the stateful language model (read from its IR) into a paged model (`paged`), compile it."""
+    return core.compile_model(paged(model, device, config), device, uncached(config))
 
 
 class PagedKVCache:
@@ -71,13 +87,14 @@ class PagedKVCache:
         supplies their pages on first touch."""
         if self._blocks >= blocks and self._blocks <= 4 * blocks:
             return
+        tensors = {}
         for name, element_type, shape in self._inputs:
             dims = [blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
-            tensor = ov.Tensor(element_type, dims)
+            tensors[name] = ov.Tensor(element_type, dims)
             if keep_blocks:
-                by_block(tensor, blocks)[:keep_blocks] = by_block(self.request.get_tensor(name), self._blocks)[:keep_blocks]
-            for request in (self.request, *self._also):
-                request.set_tensor(name, tensor)
+                old = by_block(self.request.get_tensor(name), self._blocks)
+                by_block(tensors[name], blocks)[:keep_blocks] = old[:keep_blocks]
+        bind_tensors((self.request, *self._also), tensors)
         self._blocks = blocks
 
     def copy_row(self, src: int, dsts) -> None:
@@ -114,6 +131,17 @@ class PagedKVCache:
 
     def advance(self, lengths: np.ndarray) -> None:
         self.past += lengths.astype(np.int32)
+
+
+def bind_tensors(requests, tensors: dict) -> None:
+    """Bind cache tensors (name -> tensor) to each request, and tell our attention operations of the
+    requests that have them (attention.bound): every binding of a cache goes through here."""
+    from . import attention
+
+    for request in requests:
+        for name, tensor in tensors.items():
+            request.set_tensor(name, tensor)
+        attention.bound(request, tensors)
 
 
 def by_block(tensor: ov.Tensor, blocks: int) -> np.ndarray:

@@ -39,48 +39,48 @@ def _roots(dirs) -> list[str]:
 
 
 def drop_mapped_pages(dirs) -> int:
-    """Drop this process's pages of read-only file mappings of files below `dirs`; returns bytes unmapped
-    from RSS at most (the size of the ranges advised). Writable mappings are never touched."""
+    """Drop this process's pages of read-only file mappings of files below `dirs` that were never
+    written (a shared library's relocated tables are read-only but written: dropping them would
+    undo the relocation); returns bytes unmapped from RSS at most (the size of the ranges advised).
+    Writable mappings are never touched."""
     roots = _roots(dirs)
     if not sys.platform.startswith("linux") or not roots:
         return 0
-    return sum(end - start for start, end in _read_only_file_ranges(roots) if dontneed(start, end))
+    ranges = _unwritten_file_ranges(lambda path: any(path.startswith(root) for root in roots), read_only=True)
+    return sum(end - start for start, end in ranges if dontneed(start, end))
 
 
 def drop_file_pages(files) -> int:
     """Drop this process's pages of private mappings of exactly these files, copy-on-write ones
-    included, as long as no page of the mapping was written (smaps counts no Anonymous page in it: a
-    written copy-on-write page becomes one): every page is then still the file's and is faulted
-    back in from it when read again. Returns bytes advised."""
+    included, as long as no page of the mapping was written: every page is then still the file's and
+    is faulted back in from it when read again. Returns bytes advised."""
     wanted = {str(Path(f).resolve()) for f in files}
     if not sys.platform.startswith("linux") or not wanted:
         return 0
-    clean, current = [], None
+    return sum(end - start for start, end in _unwritten_file_ranges(wanted.__contains__, read_only=False)
+               if dontneed(start, end))
+
+
+def _unwritten_file_ranges(match, read_only: bool) -> list:
+    """(start, end) of this process's file mappings whose path `match`es -- read-only ones if
+    `read_only`, else private ones -- that hold no written page: smaps counts a written copy-on-write
+    page as Anonymous, and dropping it would undo that write."""
+    ranges, current = [], None
     with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
         for line in smaps:
             head = line.split(maxsplit=5)
             if head and "-" in head[0] and ":" not in head[0]:
                 current = None
-                if len(head) == 6 and head[5].strip() in wanted and "s" not in head[1]:  # never a shared mapping
+                perms = head[1] if len(head) > 1 else ""
+                # read-only: shared or private, never writable; else private ones only, writable too
+                allowed = "w" not in perms if read_only else "s" not in perms
+                if len(head) == 6 and allowed and match(head[5].strip()):
                     current = [int(x, 16) for x in head[0].split("-")]
-                    clean.append(current)
+                    ranges.append(current)
             elif current is not None and line.startswith("Anonymous:") and int(line.split()[1]) > 0:
-                clean.remove(current)  # something wrote to it: dropping would undo that
+                ranges.remove(current)
                 current = None
-    return sum(end - start for start, end in clean if dontneed(start, end))
-
-
-def _read_only_file_ranges(roots: list[str]):
-    """(start, end) of mappings in /proc/self/maps that are read-only and map a file below a root."""
-    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or "w" in fields[1]:
-                continue
-            path = fields[5].strip()
-            if any(path.startswith(root) for root in roots):
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                yield start, end
+    return ranges
 
 
 def mapped_rss(dirs) -> int:

@@ -32,7 +32,7 @@ import openvino as ov
 import psutil
 
 from .errors import ModelNotFoundError
-from .kv_cache import PagedKVCache, compile_paged
+from .kv_cache import PagedKVCache, paged, uncached
 from .memory import drop_mapped_pages
 from .model_info import ModelInfo
 from .parts import PARTS, int4_group_size, integer_weights
@@ -174,6 +174,8 @@ class Context:
         """
         request, bound, dtypes = self.req[part], self._bound[part], self._dtypes[part]
         for name, array in inputs.items():
+            if name not in dtypes:  # our attention's slot number, which a prompt model on the plugin's does not take
+                continue
             if bound.get(name, (None,))[0] is not array:
                 tensor, data = _tensor(array, dtypes[name])
                 request.set_tensor(name, tensor)
@@ -258,7 +260,9 @@ class Runtime:
         try:
             # A first launch on this machine measures the language model's activation group (tuning.py):
             # here, alone, not while the parts compile in parallel below (which then find the verdict).
-            streaming_config(core().read_model(str(self.model_dir / "language_model.xml")), device, self.config)
+            # The language models' graphs are made here too: our attention operation is read from an IR of
+            # its own (attention.py), which must not run while other threads read IRs.
+            self._paged = self._paged_models()
             with ThreadPoolExecutor(max_workers=len(PARTS) + 1) as pool:
                 prompt_model = pool.submit(self._compile_prompt_model)
                 compiled = pool.map(self._compile, PARTS)
@@ -285,22 +289,32 @@ class Runtime:
             loading.set()
             self._warm.set()
 
+    def _paged_models(self) -> dict:
+        """name -> (paged language model, its settings): the language model, and where prompt_config
+        gives one, the prompt model. The IR is read once per model (its weights stay mapped: cheap)."""
+        xml = str(self.model_dir / "language_model.xml")
+        lm = core().read_model(xml)
+        models = {"language_model": (lm, streaming_config(lm, self.device, self.config))}
+        prompt = core().read_model(xml)
+        weights = (self.model_dir / "language_model.bin").stat().st_size
+        config = prompt_config(prompt, self.device, self.config, weights=weights)
+        if config is not None:
+            models["prompt_model"] = (prompt, config)
+        return {name: (paged(model, self.device, config), config) for name, (model, config) in models.items()}
+
     def _compile(self, part: str) -> ov.CompiledModel:
         xml = self.model_dir / f"{part}.xml"
+        if part in self._paged:
+            model, config = self._paged[part]
+            return core().compile_model(model, self.device, uncached(config))
         if part not in STREAMING:
             return core().compile_model(str(xml), self.device, self.config)
         model = core().read_model(str(xml))  # weights stay mapped, not read: cheap
-        config = streaming_config(model, self.device, self.config)
-        if part == "language_model":
-            return compile_paged(core(), model, self.device, config)
         # From the path, not `model`: a compiled-model cache hit then skips reading the IR.
-        return core().compile_model(str(xml), self.device, config)
+        return core().compile_model(str(xml), self.device, streaming_config(model, self.device, self.config))
 
     def _compile_prompt_model(self) -> ov.CompiledModel | None:
-        model = core().read_model(str(self.model_dir / "language_model.xml"))
-        weights = (self.model_dir / "language_model.bin").stat().st_size
-        config = prompt_config(model, self.device, self.config, weights=weights)
-        return None if config is None else compile_paged(core(), model, self.device, config)
+        return self._compile("prompt_model") if "prompt_model" in self._paged else None
 
     def wait_warm(self, timeout: float | None = None) -> bool:
         """Block until the warm-up is over (True), or `timeout` seconds pass (False)."""

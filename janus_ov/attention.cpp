@@ -1,0 +1,496 @@
+// The language model's attention over its paged KV cache, as an OpenVINO operation of our own that
+// takes the place of the CPU plugin's PagedAttention (attention.py builds this file and rewires the
+// graph). Same inputs, same cache layout, same result within float rounding; faster where our steps
+// spend their time: one query token for each of several sequences (a CFG image batch's rows, chats
+// decoding side by side), where the plugin's per-token loop reads its u8 cache at a third of what the
+// memory gives (figures: benchmarks/results/design-measurements.md).
+//
+// The cache layout is the plugin's own, so a prompt model that keeps the plugin's PagedAttention
+// (runtime.prompt_config) reads and writes the same tensors:
+//   keys   [blocks, kv heads, 8 + 32, S] u8, quantized by channel over each 32-token block: f32
+//          scale[S] and f32 zero point[S] (8 rows of S bytes), then 32 token rows of S u8;
+//   values [blocks, kv heads, 32, 8 + S] u8, quantized by token: f32 scale, f32 zero point, S u8.
+//   x = (u - zero point) * scale; u = round(x / scale + zero point), scale = (max - min) / 255.
+// Keys share one scale per channel over a block's tokens: a new token outside a channel's range
+// re-quantizes that channel over the block's tokens (the plugin re-quantizes every channel each time).
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <openvino/core/extension.hpp>
+#include <openvino/core/op_extension.hpp>
+#include <openvino/op/op.hpp>
+#include <openvino/op/util/unary_elementwise_arithmetic.hpp>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace janus {
+
+constexpr int kBlock = 32;  // tokens per cache block: the plugin's on CPU
+constexpr int kTile = 16;   // prompt queries attended together (they share each dequantized block)
+
+struct Cache {
+    uint8_t* keys;
+    uint8_t* values;
+    int kv_heads, S;
+    size_t key_block() const { return static_cast<size_t>(kBlock + 8) * S; }
+    size_t value_row() const { return 8 + static_cast<size_t>(S); }
+    size_t value_block() const { return kBlock * value_row(); }
+    uint8_t* key(int block, int h) const { return keys + (static_cast<size_t>(block) * kv_heads + h) * key_block(); }
+    uint8_t* value(int block, int h) const { return values + (static_cast<size_t>(block) * kv_heads + h) * value_block(); }
+};
+
+// ---- vector helpers: AVX-512 where the build has it, loops the compiler vectorizes elsewhere ----
+
+#if defined(__AVX512F__)
+inline __m512 u8x16(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// exp(x) for x <= 0: 2^(x log2 e), the fraction by a degree-6 polynomial (relative error ~2e-7).
+inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+// s[t] = exp(s[t] - mx) for t < n; returns their sum.
+float exp_sum(float* s, int n, float mx) {
+    int t = 0;
+    float total = 0.f;
+#if defined(__AVX512F__)
+    const __m512 mv = _mm512_set1_ps(mx);
+    __m512 sum = _mm512_setzero_ps();
+    for (; t + 16 <= n; t += 16) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + t), mv));
+        _mm512_storeu_ps(s + t, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    total = _mm512_reduce_add_ps(sum);
+#endif
+    for (; t < n; ++t) total += (s[t] = std::exp(s[t] - mx));
+    return total;
+}
+
+float dot(const float* a, const float* b, int S) {
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int c = 0; c < S; ++c) acc += a[c] * b[c];
+    return acc;
+}
+
+void axpy(float* y, float w, const float* x, int S) {
+#pragma omp simd
+    for (int c = 0; c < S; ++c) y[c] += w * x[c];
+}
+
+void axpy_u8(float* y, float w, const uint8_t* u, int S) {
+#if defined(__AVX512F__)
+    const __m512 wv = _mm512_set1_ps(w);
+    for (int c = 0; c < S; c += 16) _mm512_storeu_ps(y + c, _mm512_fmadd_ps(wv, u8x16(u + c), _mm512_loadu_ps(y + c)));
+#else
+#pragma omp simd
+    for (int c = 0; c < S; ++c) y[c] += w * static_cast<float>(u[c]);
+#endif
+}
+
+// scores[t] = (qs . u_t - c0) * scale for `valid` key rows of S u8.
+void key_scores(const float* qs, float c0, const uint8_t* u, int valid, int S, float scale, float* scores) {
+    int t = 0;
+#if defined(__AVX512F__)
+    const int n = S / 16;
+    __m512 qv[16];
+    for (int i = 0; i < n; ++i) qv[i] = _mm512_loadu_ps(qs + 16 * i);
+    for (; t + 4 <= valid; t += 4) {  // four rows a pass share the query's registers
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        const uint8_t* r = u + static_cast<size_t>(t) * S;
+        for (int i = 0; i < n; ++i) {
+            a0 = _mm512_fmadd_ps(qv[i], u8x16(r + 16 * i), a0);
+            a1 = _mm512_fmadd_ps(qv[i], u8x16(r + S + 16 * i), a1);
+            a2 = _mm512_fmadd_ps(qv[i], u8x16(r + 2 * S + 16 * i), a2);
+            a3 = _mm512_fmadd_ps(qv[i], u8x16(r + 3 * S + 16 * i), a3);
+        }
+        scores[t] = (_mm512_reduce_add_ps(a0) - c0) * scale;
+        scores[t + 1] = (_mm512_reduce_add_ps(a1) - c0) * scale;
+        scores[t + 2] = (_mm512_reduce_add_ps(a2) - c0) * scale;
+        scores[t + 3] = (_mm512_reduce_add_ps(a3) - c0) * scale;
+    }
+#endif
+    for (; t < valid; ++t) {
+        const uint8_t* r = u + static_cast<size_t>(t) * S;
+        float a = 0.f;
+#pragma omp simd reduction(+ : a)
+        for (int c = 0; c < S; ++c) a += qs[c] * static_cast<float>(r[c]);
+        scores[t] = (a - c0) * scale;
+    }
+}
+
+void prefetch(const uint8_t* p, size_t bytes) {
+    for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
+}
+
+// ---- writing new tokens ----
+
+// x -> u8 with a scale and zero point (x >= lo maps to >= 0; rounding half up, then clamped).
+inline uint8_t quantize(float x, float inv_scale, float zp) {
+    return static_cast<uint8_t>(static_cast<int>(std::min(255.f, std::max(0.f, x * inv_scale + zp)) + 0.5f));
+}
+
+inline void set_params(float lo, float hi, float* scale, float* zp) {
+    *scale = (hi - lo) / 255.f;
+    if (*scale == 0.f) *scale = 1e-4f;
+    *zp = -lo / *scale;
+}
+
+// A value row: u[0:S] of x[0:S] with its own scale and zero point (stored before it).
+void write_value(const float* x, int S, uint8_t* row) {
+    float lo = x[0], hi = x[0];
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+    for (int c = 0; c < S; ++c) lo = std::min(lo, x[c]), hi = std::max(hi, x[c]);
+    float scale_zp[2];
+    set_params(lo, hi, &scale_zp[0], &scale_zp[1]);
+    const float inv = 1.f / scale_zp[0], zp = scale_zp[1];
+    uint8_t* u = row + 8;
+#pragma omp simd
+    for (int c = 0; c < S; ++c) u[c] = quantize(x[c], inv, zp);
+    std::memcpy(row, scale_zp, sizeof(scale_zp));
+}
+
+// New key rows [old, end) of one block (x: row t at x + (t - old) * stride). Each channel keeps one
+// scale over the block's tokens: a channel whose new values fall inside the range it already covers
+// keeps it (its old tokens untouched); one whose range grows is re-quantized over old and new tokens.
+void write_keys(uint8_t* block, int S, int old, int end, const float* x, size_t stride, std::vector<float>& work) {
+    float* scale = reinterpret_cast<float*>(block);  // the header is 8 S-byte rows: 4-byte aligned
+    float* zp = scale + S;
+    uint8_t* u = block + 8 * S;
+    work.resize(2 * static_cast<size_t>(S));
+    float* lo = work.data();
+    float* hi = lo + S;
+    std::memcpy(lo, x, S * sizeof(float));
+    std::memcpy(hi, x, S * sizeof(float));
+    for (int t = old + 1; t < end; ++t) {
+        const float* r = x + (t - old) * stride;
+#pragma omp simd
+        for (int c = 0; c < S; ++c) lo[c] = std::min(lo[c], r[c]), hi[c] = std::max(hi[c], r[c]);
+    }
+    for (int c = 0; c < S; ++c) {
+        if (old > 0) {
+            const float have_lo = -zp[c] * scale[c], have_hi = have_lo + 255.f * scale[c];
+            if (lo[c] >= have_lo && hi[c] <= have_hi) continue;  // this channel's range holds the new values
+            float old_values[kBlock];
+            for (int t = 0; t < old; ++t) old_values[t] = (u[t * S + c] - zp[c]) * scale[c];
+            for (int t = 0; t < old; ++t) lo[c] = std::min(lo[c], old_values[t]), hi[c] = std::max(hi[c], old_values[t]);
+            set_params(lo[c], hi[c], &scale[c], &zp[c]);
+            for (int t = 0; t < old; ++t) u[t * S + c] = quantize(old_values[t], 1.f / scale[c], zp[c]);
+        } else {
+            set_params(lo[c], hi[c], &scale[c], &zp[c]);
+        }
+    }
+    for (int t = old; t < end; ++t) {
+        const float* r = x + (t - old) * stride;
+        uint8_t* dst = u + t * S;
+#pragma omp simd
+        for (int c = 0; c < S; ++c) dst[c] = quantize(r[c], 1.f / scale[c], zp[c]);
+    }
+}
+
+// Tokens [first, first + count) of a sequence into kv head h's blocks (k, v: the first token's
+// rows, then one row per `stride` floats).
+void write_tokens(const Cache& cache, const int32_t* table, int first, int count, const float* k, const float* v,
+                  size_t stride, int h, std::vector<float>& work) {
+    for (int i = 0; i < count; ++i) {
+        const int pos = first + i;
+        write_value(v + i * stride, cache.S, cache.value(table[pos / kBlock], h) + (pos % kBlock) * cache.value_row());
+    }
+    for (int b = first / kBlock; b <= (first + count - 1) / kBlock; ++b) {
+        const int old = std::max(0, first - b * kBlock);  // tokens the block holds already
+        const int end = std::min(first + count - b * kBlock, kBlock);
+        write_keys(cache.key(table[b], h), cache.S, old, end, k + (b * kBlock + old - first) * stride, stride, work);
+    }
+}
+
+// ---- attention ----
+
+// One query (a decoding row) over its sequence's first kv tokens, one head: the dequantization is
+// folded into the query once per key block and into one scalar per value row.
+void decode_head(const Cache& cache, const int32_t* table, int kv, const float* q, int hk, float scale, float* out,
+                 std::vector<float>& scores, std::vector<float>& work) {
+    const int S = cache.S, blocks = (kv + kBlock - 1) / kBlock;
+    scores.resize(static_cast<size_t>(blocks) * kBlock);
+    work.resize(2 * static_cast<size_t>(S));
+    float* qs = work.data();
+    float* acc = qs + S;
+    float mx = -INFINITY;
+    for (int j = 0; j < blocks; ++j) {
+        const uint8_t* p = cache.key(table[j], hk);
+        if (j + 1 < blocks) prefetch(cache.key(table[j + 1], hk), cache.key_block());
+        const float* ks = reinterpret_cast<const float*>(p);
+        const float* kz = ks + S;
+        float c0 = 0.f;
+        for (int c = 0; c < S; ++c) {
+            qs[c] = q[c] * ks[c];
+            c0 += qs[c] * kz[c];
+        }
+        const int valid = std::min(kBlock, kv - j * kBlock);
+        key_scores(qs, c0, p + 8 * S, valid, S, scale, &scores[j * kBlock]);
+        for (int t = 0; t < valid; ++t) mx = std::max(mx, scores[j * kBlock + t]);
+    }
+    const float inv = 1.f / exp_sum(scores.data(), kv, mx);
+    std::fill(acc, acc + S, 0.f);
+    float zero = 0.f;  // sum of w_t * zero point_t: taken off every channel at the end
+    for (int j = 0; j < blocks; ++j) {
+        const uint8_t* p = cache.value(table[j], hk);
+        if (j + 1 < blocks) prefetch(cache.value(table[j + 1], hk), cache.value_block());
+        const int valid = std::min(kBlock, kv - j * kBlock);
+        for (int t = 0; t < valid; ++t) {
+            const uint8_t* row = p + t * cache.value_row();
+            float scale_zp[2];
+            std::memcpy(scale_zp, row, sizeof(scale_zp));
+            const float w = scores[j * kBlock + t] * inv * scale_zp[0];
+            zero += w * scale_zp[1];
+            axpy_u8(acc, w, row + 8, S);
+        }
+    }
+    for (int c = 0; c < S; ++c) out[c] = acc[c] - zero;
+}
+
+// `rows` consecutive prompt queries (positions first..first+rows-1) over their causal prefixes, one
+// head: each key and value block is dequantized once for all of them (online softmax per query).
+void prompt_tile(const Cache& cache, const int32_t* table, int first, int rows, const float* q, size_t q_stride,
+                 int hk, float scale, float* out, size_t out_stride, std::vector<float>& work) {
+    const int S = cache.S, last = first + rows;  // keys [0, last) are needed
+    work.resize(static_cast<size_t>(2 * kBlock + rows) * S + 2 * rows + kBlock);
+    float* kf = work.data();
+    float* vf = kf + kBlock * S;
+    float* acc = vf + kBlock * S;
+    float* m = acc + rows * S;
+    float* l = m + rows;
+    float* s = l + rows;
+    std::fill(acc, acc + rows * S, 0.f);
+    std::fill(m, m + rows, -INFINITY);
+    std::fill(l, l + rows, 0.f);
+    for (int j = 0; j * kBlock < last; ++j) {
+        const int valid = std::min(kBlock, last - j * kBlock);
+        const uint8_t* kp = cache.key(table[j], hk);
+        const float* ks = reinterpret_cast<const float*>(kp);
+        const float* kz = ks + S;
+        for (int t = 0; t < valid; ++t)
+            for (int c = 0; c < S; ++c) kf[t * S + c] = (kp[8 * S + t * S + c] - kz[c]) * ks[c];
+        const uint8_t* vp = cache.value(table[j], hk);
+        for (int t = 0; t < valid; ++t) {
+            const uint8_t* row = vp + t * cache.value_row();
+            float scale_zp[2];
+            std::memcpy(scale_zp, row, sizeof(scale_zp));
+            for (int c = 0; c < S; ++c) vf[t * S + c] = (row[8 + c] - scale_zp[1]) * scale_zp[0];
+        }
+        for (int r = 0; r < rows; ++r) {
+            const int n = std::min(valid, first + r + 1 - j * kBlock);  // causal: keys up to the query's own
+            if (n <= 0) continue;
+            const float* qr = q + r * q_stride;
+            float mx = m[r];
+            for (int t = 0; t < n; ++t) mx = std::max(mx, s[t] = dot(qr, kf + t * S, S) * scale);
+            const float correction = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first block
+            const float total = exp_sum(s, n, mx);
+            float* a = acc + r * S;
+            for (int c = 0; c < S; ++c) a[c] *= correction;
+            for (int t = 0; t < n; ++t) axpy(a, s[t], vf + t * S, S);
+            l[r] = l[r] * correction + total;
+            m[r] = mx;
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < S; ++c) out[r * out_stride + c] = acc[r * S + c] / l[r];
+}
+
+// ---- the caches each request's operations read: bound from Python (attention.py) ----
+//
+// The operation takes one input (below), so the plugin infers its output shape without reading any
+// input's data (an operation with several inputs it cannot infer costs ~0.1 ms a call in shape
+// inference, 2.3 ms a step over 24 layers). The cache tensors are therefore not inputs: each request
+// gets a slot here, and its PagedKVCache binds every layer's tensors to it whenever it binds them to
+// the request. A slot number that was never bound, or a block index past what is bound, fails the
+// call instead of touching memory.
+
+struct Layer {
+    uint8_t* keys = nullptr;
+    uint8_t* values = nullptr;
+    int64_t blocks = 0;
+    int kv_heads = 0, S = 0;
+};
+
+std::mutex registry_lock;
+std::vector<std::unique_ptr<std::vector<Layer>>> registry;  // slot -> layers (nullptr: closed)
+
+const Layer* bound(int slot, int layer) {
+    std::lock_guard<std::mutex> guard(registry_lock);
+    if (slot < 0 || slot >= static_cast<int>(registry.size()) || !registry[slot]) return nullptr;
+    auto& layers = *registry[slot];
+    if (layer < 0 || layer >= static_cast<int>(layers.size()) || !layers[layer].keys) return nullptr;
+    return &layers[layer];
+}
+
+// ---- the operation ----
+
+// Input [R + tokens, W] f32, built in the graph by attention.py: R rows of bookkeeping, then one row
+// per new token holding its q (heads * S), k and v (kv heads * S each). The bookkeeping, as floats
+// (exact below 2^24): R, slot, tokens, sequences, blocks in use, past_lens[sequences],
+// subsequence_begins[sequences + 1], block_indices_begins[sequences + 1], block_indices[blocks].
+// Output: the input's shape; rows R.. hold each token's attention output in their first heads * S
+// columns (the graph slices them out).
+class PagedAttention : public ov::op::util::UnaryElementwiseArithmetic {
+public:
+    OPENVINO_OP("JanusPagedAttention", "janus_ov", ov::op::util::UnaryElementwiseArithmetic);
+
+    PagedAttention() = default;
+    PagedAttention(const ov::Output<ov::Node>& packed, int64_t layer, int64_t heads, float scale)
+        : UnaryElementwiseArithmetic(packed), m_layer(layer), m_heads(heads), m_scale(scale) {
+        constructor_validate_and_infer_types();
+    }
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<PagedAttention>(args.at(0), m_layer, m_heads, m_scale);
+    }
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("layer", m_layer);
+        visitor.on_attribute("heads", m_heads);
+        visitor.on_attribute("scale", m_scale);
+        return true;
+    }
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const auto shape = inputs[0].get_shape();
+        outputs[0].set_shape(shape);
+        const auto* in = inputs[0].data<const float>();
+        const size_t width = shape[1];
+        const auto n = [&](size_t i) { return static_cast<int>(in[i]); };
+        const int rows = n(0), slot = n(1), tokens = n(2), sequences = n(3), used = n(4);
+        if (rows < 1 || static_cast<size_t>(rows + tokens) != shape[0] ||
+            static_cast<size_t>(5 + 3 * sequences + 2 + used) > static_cast<size_t>(rows) * width)
+            return false;
+        const Layer* layer = bound(slot, static_cast<int>(m_layer));
+        const int heads = static_cast<int>(m_heads);
+        if (!layer || heads % layer->kv_heads || width != static_cast<size_t>(heads + 2 * layer->kv_heads) * layer->S)
+            return false;
+        std::vector<int32_t> book(3 * sequences + 2 + used);
+        for (size_t i = 0; i < book.size(); ++i) book[i] = n(5 + i);
+        const int32_t* past = book.data();
+        const int32_t* begins = past + sequences;
+        const int32_t* tables = begins + sequences + 1;
+        const int32_t* blocks = tables + sequences + 1;
+        for (int i = 0; i < used; ++i)
+            if (blocks[i] < 0 || blocks[i] >= layer->blocks) return false;  // never outside the bound tensors
+        for (int seq = 0; seq < sequences; ++seq) {
+            const int count = begins[seq + 1] - begins[seq];
+            const int needed = (past[seq] + count + kBlock - 1) / kBlock;
+            if (count < 0 || past[seq] < 0 || tables[seq] < 0 || tables[seq] + needed > tables[seq + 1] ||
+                tables[seq + 1] > used || begins[seq + 1] > tokens)
+                return false;
+        }
+        const Cache cache{layer->keys, layer->values, layer->kv_heads, layer->S};
+        const int S = layer->S, kv_heads = layer->kv_heads, group = heads / kv_heads;
+        const float* q = in + static_cast<size_t>(rows) * width;
+        const float* k = q + static_cast<size_t>(heads) * S;
+        const float* v = k + static_cast<size_t>(kv_heads) * S;
+        float* out = outputs[0].data<float>() + static_cast<size_t>(rows) * width;
+
+        // One work item per (sequence, kv head): its new tokens into the cache, then attention for the
+        // query heads that read that kv head -- a decoding row's one query, or a prompt's in tiles.
+        tbb::parallel_for(tbb::blocked_range<int>(0, sequences * kv_heads), [&](const tbb::blocked_range<int>& range) {
+            thread_local std::vector<float> scores, work;
+            for (int item = range.begin(); item != range.end(); ++item) {
+                const int seq = item / kv_heads, hk = item % kv_heads, count = begins[seq + 1] - begins[seq];
+                if (count == 0) continue;
+                const int32_t* table = blocks + tables[seq];
+                const size_t token = static_cast<size_t>(begins[seq]) * width;
+                write_tokens(cache, table, past[seq], count, k + token + hk * S, v + token + hk * S, width, hk, work);
+                for (int h = hk * group; h < (hk + 1) * group; ++h) {
+                    const float* qh = q + token + h * S;
+                    float* oh = out + token + h * S;
+                    if (count == 1) {
+                        decode_head(cache, table, past[seq] + 1, qh, hk, m_scale, oh, scores, work);
+                        continue;
+                    }
+                    for (int i = 0; i < count; i += kTile)
+                        prompt_tile(cache, table, past[seq] + i, std::min(kTile, count - i), qh + i * width, width, hk,
+                                    m_scale, oh + i * width, width, work);
+                }
+            }
+        });
+        return true;
+    }
+
+private:
+    int64_t m_layer = 0, m_heads = 0;
+    float m_scale = 1.f;
+};
+
+}  // namespace janus
+
+OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({std::make_shared<ov::OpExtension<janus::PagedAttention>>()}));
+
+extern "C" {
+
+// A new slot for one request's caches; its number goes into the graph's bookkeeping.
+int janus_attention_open() {
+    std::lock_guard<std::mutex> guard(janus::registry_lock);
+    for (size_t i = 0; i < janus::registry.size(); ++i)
+        if (!janus::registry[i]) {
+            janus::registry[i] = std::make_unique<std::vector<janus::Layer>>();
+            return static_cast<int>(i);
+        }
+    janus::registry.push_back(std::make_unique<std::vector<janus::Layer>>());
+    return static_cast<int>(janus::registry.size() - 1);
+}
+
+void janus_attention_close(int slot) {
+    std::lock_guard<std::mutex> guard(janus::registry_lock);
+    if (slot >= 0 && slot < static_cast<int>(janus::registry.size())) janus::registry[slot].reset();
+}
+
+// Layer `layer`'s cache tensors of a slot: keys [blocks, kv_heads, 8 + 32, S], values [blocks,
+// kv_heads, 32, 8 + S] u8. Called whenever the request's tensors are bound, before it next runs.
+int janus_attention_bind(int slot, int layer, void* keys, void* values, int64_t blocks, int kv_heads, int S) {
+    std::lock_guard<std::mutex> guard(janus::registry_lock);
+    if (slot < 0 || slot >= static_cast<int>(janus::registry.size()) || !janus::registry[slot] || layer < 0) return 1;
+    auto& layers = *janus::registry[slot];
+    if (static_cast<int>(layers.size()) <= layer) layers.resize(layer + 1);
+    layers[layer] = {static_cast<uint8_t*>(keys), static_cast<uint8_t*>(values), blocks, kv_heads, S};
+    return 0;
+}
+
+// For benchmarks/decode_attention.py: the decode kernel alone over one layer's cache, every row
+// decoding one token (q [rows, heads * S]).
+int janus_decode_attention(const float* q, int rows, int heads, int S, uint8_t* keys, uint8_t* values, int kv_heads,
+                           const int32_t* past, const int32_t* blocks, const int32_t* tables, float scale, float* out) {
+    const janus::Cache cache{keys, values, kv_heads, S};
+    const int group = heads / kv_heads;
+    tbb::parallel_for(tbb::blocked_range<int>(0, rows * heads), [&](const tbb::blocked_range<int>& range) {
+        thread_local std::vector<float> scores, work;
+        for (int item = range.begin(); item != range.end(); ++item) {
+            const int row = item / heads, h = item % heads;
+            const size_t at = (static_cast<size_t>(row) * heads + h) * S;
+            janus::decode_head(cache, blocks + tables[row], past[row] + 1, q + at, h / group, scale, out + at, scores,
+                               work);
+        }
+    });
+    return 0;
+}
+}

@@ -1,0 +1,193 @@
+"""Our attention operation (janus_ov/attention.cpp) in place of the CPU plugin's PagedAttention.
+
+Both run in real compiled language models (the tiny model's int4 language model, which the runtime
+compiles with f32 activations: the operation's case) over the same kind of u8 cache; ours must give
+the plugin's results, read and write a cache the plugin's model shares, and refuse bookkeeping that
+would reach outside the bound tensors. Skipped on CPUs without AVX-512, where the runtime keeps the
+plugin's operation.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from janus_ov import attention
+from janus_ov.kv_cache import PagedKVCache, bind_tensors, compile_paged
+from janus_ov.runtime import compile_config, streaming_config
+from janus_ov.tuning import cpu_flags
+
+pytestmark = pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the operation is used on AVX-512 CPUs only")
+
+
+def compiled(ir, which: str, monkeypatch) -> ov.CompiledModel:
+    """The tiny int4 language model as the runtime compiles it, with our attention or the plugin's."""
+    monkeypatch.setenv("JANUS_OV_ATTENTION", which)
+    core = ov.Core()
+    model = core.read_model(str(ir / "language_model.xml"))
+    return compile_paged(core, model, "CPU", streaming_config(model, "CPU", compile_config("CPU", {}, None)))
+
+
+def uses_ours(model: ov.CompiledModel) -> bool:
+    types = {op.get_rt_info()["layerType"].astype(str) for op in model.get_runtime_model().get_ordered_ops()}
+    return "attention_slot" in {p.get_any_name() for p in model.inputs} and "PagedAttention" not in types
+
+
+@pytest.fixture(scope="module")
+def models(tiny_ir_lm_int4):
+    with pytest.MonkeyPatch.context() as mp:
+        ours, plugin = compiled(tiny_ir_lm_int4, "own", mp), compiled(tiny_ir_lm_int4, "plugin", mp)
+    assert uses_ours(ours) and not uses_ours(plugin)
+    return ours, plugin
+
+
+def calls(width: int):
+    """(lengths per row, embeddings) of a run that covers what the scheduler sends: prompts of three
+    rows across block boundaries (one partial block each), a call mixing a prompt chunk with decoding
+    rows, a row that gets nothing, then decode steps (a block fills up and a new one starts)."""
+    rng = np.random.default_rng(0)
+    plan = [[45, 70, 3], [1, 20, 1], [1, 0, 1]] + [[1, 1, 1]] * 14
+    return [(np.array(p, np.int32), (rng.standard_normal((sum(p), width)) * 0.5).astype(np.float32)) for p in plan]
+
+
+def run(requests, caches, plan) -> list:
+    """Each call on requests[i % len(requests)] (all bound to caches[0]'s tensors): hidden states."""
+    out = []
+    for i, (lengths, embeds) in enumerate(plan):
+        request = requests[i % len(requests)]
+        out.append(request.infer({"inputs_embeds": embeds, **caches[0].step_inputs(lengths)})[0].copy())
+        caches[0].advance(lengths)
+    return out
+
+
+def fresh(request, also=()) -> PagedKVCache:
+    kv = PagedKVCache(request, also=also)
+    kv.start([120, 120, 40])
+    return kv
+
+
+def width(model) -> int:
+    return model.output(0).get_partial_shape()[-1].get_length()
+
+
+def test_ours_gives_the_plugins_results(models):
+    ours, plugin = models
+    plan = calls(width(plugin))
+    a, b = plugin.create_infer_request(), ours.create_infer_request()
+    expected, got = run([a], [fresh(a)], plan), run([b], [fresh(b)], plan)
+    for e, g in zip(expected, got):
+        assert np.abs(e - g).max() <= 1e-3 * np.abs(e).max()
+
+
+def test_a_cache_written_by_either_is_read_by_the_other(models):
+    """The runtime's prompt model (on CPUs with AMX) keeps the plugin's operation and shares the
+    cache with ours: calls alternate between the two models here, in both orders."""
+    ours, plugin = models
+    plan = calls(width(plugin))
+    reference = plugin.create_infer_request()
+    expected = run([reference], [fresh(reference)], plan)
+    for order in ((plugin, ours), (ours, plugin)):
+        first, second = (m.create_infer_request() for m in order)
+        kv = fresh(first, also=[second])
+        for e, g in zip(expected, run([first, second], [kv], plan)):
+            assert np.abs(e - g).max() <= 1e-3 * np.abs(e).max()
+
+
+def test_bookkeeping_outside_the_bound_cache_fails_the_call(models):
+    ours, _ = models
+    request = ours.create_infer_request()
+    kv = fresh(request)
+    inputs = kv.step_inputs(np.array([5, 0, 0], np.int32))
+    embeds = np.zeros((5, width(ours)), np.float32)
+    request.infer({"inputs_embeds": embeds, **inputs})  # a valid call first
+    past_the_end = {**inputs, "block_indices": inputs["block_indices"] + 10_000}
+    with pytest.raises(RuntimeError, match="JanusPagedAttention"):
+        request.infer({"inputs_embeds": embeds, **past_the_end})
+    # A request whose cache was never bound (no slot of its own yet): refused too.
+    with pytest.raises(RuntimeError):
+        ours.create_infer_request().infer({"inputs_embeds": embeds, **inputs})
+
+
+def test_rebinding_tells_the_operation_the_new_tensors(models):
+    """A cache that grows is bound anew (PagedKVCache._reserve); attention must follow it, not the
+    old tensors, which the request no longer holds."""
+    ours, plugin = models
+    plan = calls(width(plugin))[:3]
+    reference = plugin.create_infer_request()
+    kv_ref = PagedKVCache(reference)
+    request = ours.create_infer_request()
+    kv = PagedKVCache(request)
+    for cache in (kv, kv_ref):
+        cache.start([8, 8, 8])  # small: the next start must bind larger tensors
+        cache.start([120, 120, 40])
+    expected, got = run([reference], [kv_ref], plan), run([request], [kv], plan)
+    for e, g in zip(expected, got):
+        assert np.abs(e - g).max() <= 1e-3 * np.abs(e).max()
+    tensors = {n: request.get_tensor(n) for n in ("key_cache.0", "value_cache.0")}
+    bind_tensors([request], tensors)  # binding the same tensors again changes nothing
+    assert request.infer({"inputs_embeds": plan[0][1][:1], **kv.step_inputs(np.array([1, 0, 0], np.int32))})
+
+
+def test_the_library_is_built_once_and_whole(tmp_path):
+    first = attention.library(tmp_path)
+    assert first is not None and first.parent == tmp_path
+    stamp = first.stat().st_mtime_ns
+    assert attention.library(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no partial build left behind
+
+
+def test_without_a_compiler_the_plugins_operation_serves(tiny_ir_lm_int4, tmp_path, monkeypatch, capsys):
+    """A machine without g++ (a bare container): the build fails with a message, the language model
+    compiles with the plugin's PagedAttention and serves as before."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert attention.library(tmp_path / "build") is None
+    assert "using the plugin's PagedAttention" in capsys.readouterr().out
+    monkeypatch.setattr(attention, "_reader", None)  # as in a new process
+    core = ov.Core()
+    model = core.read_model(str(tiny_ir_lm_int4 / "language_model.xml"))
+    config = streaming_config(model, "CPU", compile_config("CPU", {}, tmp_path / "build"))
+    model = compile_paged(core, model, "CPU", config)
+    assert not uses_ours(model)
+    request = model.create_infer_request()
+    kv = fresh(request)
+    request.infer({"inputs_embeds": np.zeros((3, width(model)), np.float32), **kv.step_inputs(np.array([3, 0, 0], np.int32))})
+
+
+def test_the_runtime_serves_chats_and_images_with_it(tiny_ir_lm_int4, tmp_path):
+    from janus_ov.pipeline import JanusPipeline
+
+    pipe = JanusPipeline(tiny_ir_lm_int4, compile_cache_dir=tmp_path / "compiled")
+    assert uses_ours(pipe.runtime.compiled["language_model"])
+    assert pipe.chat([{"role": "user", "content": "Hello there"}], max_new_tokens=6)
+    images = pipe.generate_images("a red square", seed=1, num_images=2)
+    assert len(images) == 2 and images[0].size == (384, 384)
+
+
+def test_a_shared_library_in_a_shed_folder_keeps_its_relocations(tmp_path):
+    """The runtime sheds mapped pages of files in the model and cache folders (memory.py), and our
+    library is built in the cache folder: its read-only relocated tables were written at load, and
+    dropping them once crashed the process (a null virtual call). They must stay."""
+    import subprocess
+    import sys
+
+    library = attention.library(None)
+    copy = tmp_path / library.name
+    shutil.copy(library, copy)
+    code = f"""
+import openvino as ov
+from openvino import opset13 as ops
+from janus_ov import attention
+from janus_ov.memory import drop_mapped_pages
+attention._reader = ov.Core()
+attention._reader.add_extension({str(copy)!r})
+drop_mapped_pages([{str(tmp_path)!r}])
+packed = ops.parameter([-1, -1], ov.Type.f32)
+node = attention._new_node(packed, 0, 4, 0.25)  # the operation's factory and virtual tables, from the library
+ov.Model([node], [packed]).validate_nodes_and_infer_types()
+print("alive")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(os.getcwd())})
+    assert out.returncode == 0 and "alive" in out.stdout, out.stderr
