@@ -38,15 +38,24 @@ def _roots(dirs) -> list[str]:
     return [str(Path(d).resolve()) + "/" for d in dirs if d]
 
 
+def _weights_below(roots: list[str]):
+    """A test of mapped paths: a file below a root that is not a shared library (the attention
+    operation is built into the compiled-model cache: its pages are code in use, not weights)."""
+    def match(path: str) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        return any(path.startswith(root) for root in roots) and not (name.endswith(".so") or ".so." in name)
+    return match
+
+
 def drop_mapped_pages(dirs) -> int:
     """Drop this process's pages of read-only file mappings of files below `dirs` that were never
-    written (a shared library's relocated tables are read-only but written: dropping them would
-    undo the relocation); returns bytes unmapped from RSS at most (the size of the ranges advised).
-    Writable mappings are never touched."""
+    written, shared libraries aside (their relocated tables are read-only but written: dropping them
+    undid the relocation and crashed the process); returns bytes unmapped from RSS at most (the size
+    of the ranges advised). Writable mappings are never touched."""
     roots = _roots(dirs)
     if not sys.platform.startswith("linux") or not roots:
         return 0
-    ranges = _unwritten_file_ranges(lambda path: any(path.startswith(root) for root in roots), read_only=True)
+    ranges = _unwritten_file_ranges(_weights_below(roots), read_only=True)
     return sum(end - start for start, end in ranges if dontneed(start, end))
 
 
@@ -84,14 +93,15 @@ def _unwritten_file_ranges(match, read_only: bool) -> list:
 
 
 def mapped_rss(dirs) -> int:
-    """Bytes of this process's RSS that are pages of files mapped from below `dirs` (for tests and benchmarks)."""
-    roots = _roots(dirs)
+    """Bytes of this process's RSS that are pages of files mapped from below `dirs`, shared libraries
+    aside (for tests and benchmarks)."""
+    match = _weights_below(_roots(dirs))
     total, inside = 0, False
     with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
         for line in smaps:
             head = line.split(maxsplit=5)
             if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
-                inside = len(head) == 6 and any(head[5].strip().startswith(r) for r in roots)
+                inside = len(head) == 6 and match(head[5].strip())
             elif inside and line.startswith("Rss:"):
                 total += int(line.split()[1]) * 1024
     return total

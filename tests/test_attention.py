@@ -4,7 +4,7 @@ Both run in real compiled language models (the tiny model's int4 language model,
 compiles with f32 activations: the operation's case) over the same kind of u8 cache; ours must give
 the plugin's results, read and write a cache the plugin's model shares, and refuse bookkeeping that
 would reach outside the bound tensors. Skipped on CPUs without AVX-512, where the runtime keeps the
-plugin's operation.
+plugin's operation (and where there is no g++).
 """
 
 import os
@@ -19,7 +19,9 @@ from janus_ov.kv_cache import PagedKVCache, bind_tensors, compile_paged
 from janus_ov.runtime import compile_config, streaming_config
 from janus_ov.tuning import cpu_flags
 
-pytestmark = pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the operation is used on AVX-512 CPUs only")
+pytestmark = [pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the operation is used on AVX-512 CPUs only"),
+              pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to build it with (the runtime then keeps "
+                                 "the plugin's operation)")]
 
 
 def compiled(ir, which: str, monkeypatch) -> ov.CompiledModel:
