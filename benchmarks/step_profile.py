@@ -12,6 +12,7 @@ layer type, so the two can be compared line by line (issue 21: "find where our e
     python -m benchmarks.step_profile --ir OUR_IR [--genai DIR] [--past-tokens 640] [--steps 40]
     python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --past-tokens 300   # image steps: what grows with rows
     python -m benchmarks.step_profile --ir OUR_IR --variant dq32='{"DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}'  # A/B a setting
+    python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --plugin-attention  # our attention vs the plugin's
 
 --genai: an optimum-intel export of our language model as a plain Llama (benchmarks.genai_anchor
 writes one to benchmarks/models/genai-llama-<recipe>); only openvino is needed to read it.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -197,6 +199,8 @@ def main(argv=None):
                    "each --images size) with these extra plugin settings, taking turns with the others")
     p.add_argument("--images", default=None, help="e.g. 1,4: our image steps of that many images instead "
                    "(2 CFG rows each, --past-tokens cached per row); GenAI has no image step")
+    p.add_argument("--plugin-attention", action="store_true", help="one more of our models (chat, or each "
+                   "--images size) with the CPU plugin's PagedAttention instead of ours, taking turns")
     args = p.parse_args(argv)
     core = ov.Core()
     CONFIG.update(args.config)
@@ -213,6 +217,12 @@ def main(argv=None):
         for n in map(int, args.images.split(",")) if args.images else [0]:
             models[f"ours_{n}_images_{name}" if n else f"ours_{name}"] = ours(core, args.ir, args.past_tokens, n,
                                                                              json.loads(settings))
+    if args.plugin_attention:
+        os.environ["JANUS_OV_ATTENTION"] = "plugin"  # read as each model is compiled (janus_ov.attention.wanted)
+        for n in map(int, args.images.split(",")) if args.images else [0]:
+            models[f"ours_{n}_images_plugin_attention" if n else "ours_plugin_attention"] = ours(
+                core, args.ir, args.past_tokens, n)
+        del os.environ["JANUS_OV_ATTENTION"]
     out.update(run_steps(models, args.steps))
     print(json.dumps(out, indent=1))
 

@@ -4,8 +4,14 @@ OpenVINO memory-maps each IR's `.bin` (and compiled-cache blobs) and reads the w
 there; on the first inference the CPU plugin copies most of them into its kernels' own layout.
 From then on the mapped pages are not read again, but they still count in our RSS, so a loaded
 model looks twice its size. Those mappings are read-only views of files: dropping their pages
-(madvise MADV_DONTNEED) loses nothing -- a later read faults the page back in from the page
-cache or the file. That is all this module does.
+loses nothing -- a later read faults the page back in from the page cache or the file. That is
+all this module does.
+
+The folders' mappings are found by reading /proc/self/smaps while the plugin's threads map and unmap
+memory; a range found may be something else by the time it is advised. So those ranges get
+MADV_PAGEOUT, which reclaims a clean file page and never discards data (an anonymous page stays,
+or goes to swap), not MADV_DONTNEED, which zeroes anonymous memory: a race that crashed the runtime
+while it compiled its parts in parallel.
 """
 
 from __future__ import annotations
@@ -16,16 +22,27 @@ import sys
 from pathlib import Path
 
 MADV_DONTNEED = 4
+MADV_PAGEOUT = 21  # Linux 5.4+
 
 
 def dontneed(start: int, end: int) -> bool:
-    """madvise(MADV_DONTNEED) the whole pages inside [start, end); False where not possible."""
+    """madvise(MADV_DONTNEED) the whole pages inside [start, end), memory the caller knows maps a
+    file it only read (a tensor of a mapped checkpoint); False where not possible."""
+    return _advise(start, end, MADV_DONTNEED)
+
+
+def page_out(start: int, end: int) -> bool:
+    """madvise(MADV_PAGEOUT) the whole pages inside [start, end): safe on any memory."""
+    return _advise(start, end, MADV_PAGEOUT)
+
+
+def _advise(start: int, end: int, advice: int) -> bool:
     import mmap
 
     first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
     if not sys.platform.startswith("linux") or last <= first:
         return False
-    return _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED) == 0
+    return _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), advice) == 0
 
 
 @functools.cache
@@ -56,7 +73,7 @@ def drop_mapped_pages(dirs) -> int:
     if not sys.platform.startswith("linux") or not roots:
         return 0
     ranges = _unwritten_file_ranges(_weights_below(roots), read_only=True)
-    return sum(end - start for start, end in ranges if dontneed(start, end))
+    return sum(end - start for start, end in ranges if page_out(start, end))
 
 
 def drop_file_pages(files) -> int:
@@ -67,14 +84,14 @@ def drop_file_pages(files) -> int:
     if not sys.platform.startswith("linux") or not wanted:
         return 0
     return sum(end - start for start, end in _unwritten_file_ranges(wanted.__contains__, read_only=False)
-               if dontneed(start, end))
+               if page_out(start, end))
 
 
-def _unwritten_file_ranges(match, read_only: bool) -> list:
+def _unwritten_file_ranges(match, read_only: bool):
     """(start, end) of this process's file mappings whose path `match`es -- read-only ones if
-    `read_only`, else private ones -- that hold no written page: smaps counts a written copy-on-write
-    page as Anonymous, and dropping it would undo that write."""
-    ranges, current = [], None
+    `read_only`, else private ones -- that hold no written page (smaps counts a written copy-on-write
+    page as Anonymous, and dropping it would undo that write), each as soon as smaps has shown it."""
+    current = None
     with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
         for line in smaps:
             head = line.split(maxsplit=5)
@@ -84,12 +101,11 @@ def _unwritten_file_ranges(match, read_only: bool) -> list:
                 # read-only: shared or private, never writable; else private ones only, writable too
                 allowed = "w" not in perms if read_only else "s" not in perms
                 if len(head) == 6 and allowed and match(head[5].strip()):
-                    current = [int(x, 16) for x in head[0].split("-")]
-                    ranges.append(current)
-            elif current is not None and line.startswith("Anonymous:") and int(line.split()[1]) > 0:
-                ranges.remove(current)
+                    current = tuple(int(x, 16) for x in head[0].split("-"))
+            elif current is not None and line.startswith("Anonymous:"):
+                if int(line.split()[1]) == 0:
+                    yield current
                 current = None
-    return ranges
 
 
 def mapped_rss(dirs) -> int:

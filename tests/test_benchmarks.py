@@ -5,6 +5,7 @@ the markdown and JSON reports with every measurement present, positive and consi
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -353,8 +354,22 @@ def test_step_profile_variants_take_turns_with_the_shipped_steps(tiny_ir_fp32, c
     assert all(out[k]["step_ms"] > 0 for k in out if k.startswith("ours"))
 
 
+def test_step_profile_takes_turns_between_our_attention_and_the_plugins(tiny_ir_fp32, capsys):
+    """benchmarks.step_profile --plugin-attention: the same steps with the plugin's PagedAttention."""
+    from benchmarks import step_profile
+    from janus_ov import attention
+
+    step_profile.main(["--ir", str(tiny_ir_fp32), "--images", "1", "--past-tokens", "40", "--steps", "2",
+                       "--plugin-attention"])
+    out = json.loads(capsys.readouterr().out)
+    assert "PagedAttentionExtension" in out["ours_1_images_plugin_attention"]["layers_ms"]
+    ours = attention.wanted("CPU", {**step_profile.CONFIG, "INFERENCE_PRECISION_HINT": "f32"})
+    assert ("Reference" if ours else "PagedAttentionExtension") in out["ours_1_images"]["layers_ms"]
+    assert "JANUS_OV_ATTENTION" not in os.environ
+
+
 def test_decode_attention_kernel_matches_the_plugins_attention_on_its_own_cache(tiny_ir_fp32):
-    """benchmarks.decode_attention builds its kernel with g++ and reads the cache the CPU plugin's
+    """benchmarks.decode_attention takes the runtime's build of its kernel and reads the cache the CPU plugin's
     PagedAttention wrote in a real decode step (rows of different blocks, a partial last block): its
     output for layer 0 must be the plugin's, and both sides must have been timed."""
     from benchmarks import decode_attention
