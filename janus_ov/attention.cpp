@@ -35,7 +35,7 @@
 namespace janus {
 
 constexpr int kBlock = 32;  // tokens per cache block: the plugin's on CPU
-constexpr int kTile = 16;   // prompt queries attended together (they share each dequantized block)
+constexpr int kTile = 16;   // prompt queries scored together against each block
 
 struct Cache {
     uint8_t* keys;
@@ -88,13 +88,6 @@ float exp_sum(float* s, int n, float mx) {
 #endif
     for (; t < n; ++t) total += (s[t] = std::exp(s[t] - mx));
     return total;
-}
-
-float dot(const float* a, const float* b, int S) {
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int c = 0; c < S; ++c) acc += a[c] * b[c];
-    return acc;
 }
 
 void axpy(float* y, float w, const float* x, int S) {
@@ -272,52 +265,113 @@ void decode_head(const Cache& cache, const int32_t* table, int kv, const float* 
     for (int c = 0; c < S; ++c) out[c] = acc[c] - zero;
 }
 
-// `rows` consecutive prompt queries (positions first..first+rows-1) over their causal prefixes, one
-// head: each key and value block is dequantized once for all of them (online softmax per query).
-void prompt_tile(const Cache& cache, const int32_t* table, int first, int rows, const float* q, size_t q_stride,
+// scores[r][t] = q_r . k_t (t < 32) for `rows` queries, keys transposed (kt[c * 32 + t]): per channel
+// one broadcast of each query's value against the block's 32 keys, no horizontal sums; four queries a
+// pass keep eight independent sums in flight.
+void tile_scores(const float* q, size_t q_stride, int rows, const float* kt, int S, float* scores) {
+    int r = 0;
+#if defined(__AVX512F__)
+    for (; r + 4 <= rows; r += 4) {
+        __m512 a[8];
+        for (auto& x : a) x = _mm512_setzero_ps();
+        for (int c = 0; c < S; ++c) {
+            const __m512 k0 = _mm512_loadu_ps(kt + c * kBlock), k1 = _mm512_loadu_ps(kt + c * kBlock + 16);
+            for (int i = 0; i < 4; ++i) {
+                const __m512 qc = _mm512_set1_ps(q[(r + i) * q_stride + c]);
+                a[2 * i] = _mm512_fmadd_ps(qc, k0, a[2 * i]);
+                a[2 * i + 1] = _mm512_fmadd_ps(qc, k1, a[2 * i + 1]);
+            }
+        }
+        for (int i = 0; i < 4; ++i) {
+            _mm512_storeu_ps(scores + (r + i) * kBlock, a[2 * i]);
+            _mm512_storeu_ps(scores + (r + i) * kBlock + 16, a[2 * i + 1]);
+        }
+    }
+#endif
+    for (; r < rows; ++r) {
+        float* sr = scores + r * kBlock;
+        std::fill(sr, sr + kBlock, 0.f);
+        for (int c = 0; c < S; ++c) {
+            const float qc = q[r * q_stride + c];
+#pragma omp simd
+            for (int t = 0; t < kBlock; ++t) sr[t] += qc * kt[c * kBlock + t];
+        }
+    }
+}
+
+// acc[0:S] = acc * correction + sum over t < n of p[t] * v_t (rows of S floats): the sums stay in
+// registers across the block's tokens.
+void tile_values(float* acc, float correction, const float* p, int n, const float* vf, int S) {
+#if defined(__AVX512F__)
+    __m512 a[16];  // S <= 256
+    const int lanes = S / 16;
+    const __m512 cv = _mm512_set1_ps(correction);
+    for (int i = 0; i < lanes; ++i) a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), cv);
+    for (int t = 0; t < n; ++t) {
+        const __m512 w = _mm512_set1_ps(p[t]);
+        for (int i = 0; i < lanes; ++i) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vf + t * S + 16 * i), a[i]);
+    }
+    for (int i = 0; i < lanes; ++i) _mm512_storeu_ps(acc + 16 * i, a[i]);
+#else
+    for (int c = 0; c < S; ++c) acc[c] *= correction;
+    for (int t = 0; t < n; ++t) axpy(acc, p[t], vf + t * S, S);
+#endif
+}
+
+// A prompt's `count` queries (positions past..past+count-1) over their causal prefixes, one head. The
+// head's blocks are dequantized once (keys transposed: kt[block][c * 32 + t]), then the queries go in
+// tiles of 16 with an online softmax each: a tile's scores are a small matrix product per block.
+void prompt_head(const Cache& cache, const int32_t* table, int past, int count, const float* q, size_t q_stride,
                  int hk, float scale, float* out, size_t out_stride, std::vector<float>& work) {
-    const int S = cache.S, last = first + rows;  // keys [0, last) are needed
-    work.resize(static_cast<size_t>(2 * kBlock + rows) * S + 2 * rows + kBlock);
-    float* kf = work.data();
-    float* vf = kf + kBlock * S;
-    float* acc = vf + kBlock * S;
-    float* m = acc + rows * S;
-    float* l = m + rows;
-    float* s = l + rows;
-    std::fill(acc, acc + rows * S, 0.f);
-    std::fill(m, m + rows, -INFINITY);
-    std::fill(l, l + rows, 0.f);
-    for (int j = 0; j * kBlock < last; ++j) {
+    const int S = cache.S, last = past + count, blocks = (last + kBlock - 1) / kBlock;
+    const size_t block_floats = static_cast<size_t>(kBlock) * S;
+    work.resize(2 * blocks * block_floats + static_cast<size_t>(kTile) * (S + 2 + kBlock));
+    float* kt = work.data();
+    float* vf = kt + blocks * block_floats;
+    float* acc = vf + blocks * block_floats;
+    float* m = acc + kTile * S;
+    float* l = m + kTile;
+    float* s = l + kTile;  // [kTile][kBlock]
+    for (int j = 0; j < blocks; ++j) {
         const int valid = std::min(kBlock, last - j * kBlock);
         const uint8_t* kp = cache.key(table[j], hk);
         const float* ks = reinterpret_cast<const float*>(kp);
         const float* kz = ks + S;
-        for (int t = 0; t < valid; ++t)
-            for (int c = 0; c < S; ++c) kf[t * S + c] = (kp[8 * S + t * S + c] - kz[c]) * ks[c];
+        float* kj = kt + j * block_floats;
+        for (int c = 0; c < S; ++c)
+            for (int t = 0; t < kBlock; ++t) kj[c * kBlock + t] = t < valid ? (kp[8 * S + t * S + c] - kz[c]) * ks[c] : 0.f;
         const uint8_t* vp = cache.value(table[j], hk);
         for (int t = 0; t < valid; ++t) {
             const uint8_t* row = vp + t * cache.value_row();
             float scale_zp[2];
             std::memcpy(scale_zp, row, sizeof(scale_zp));
-            for (int c = 0; c < S; ++c) vf[t * S + c] = (row[8 + c] - scale_zp[1]) * scale_zp[0];
-        }
-        for (int r = 0; r < rows; ++r) {
-            const int n = std::min(valid, first + r + 1 - j * kBlock);  // causal: keys up to the query's own
-            if (n <= 0) continue;
-            const float* qr = q + r * q_stride;
-            float mx = m[r];
-            for (int t = 0; t < n; ++t) mx = std::max(mx, s[t] = dot(qr, kf + t * S, S) * scale);
-            const float correction = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first block
-            const float total = exp_sum(s, n, mx);
-            float* a = acc + r * S;
-            for (int c = 0; c < S; ++c) a[c] *= correction;
-            for (int t = 0; t < n; ++t) axpy(a, s[t], vf + t * S, S);
-            l[r] = l[r] * correction + total;
-            m[r] = mx;
+            for (int c = 0; c < S; ++c) vf[j * block_floats + t * S + c] = (row[8 + c] - scale_zp[1]) * scale_zp[0];
         }
     }
-    for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < S; ++c) out[r * out_stride + c] = acc[r * S + c] / l[r];
+    for (int i = 0; i < count; i += kTile) {
+        const int rows = std::min(kTile, count - i), first = past + i;
+        std::fill(acc, acc + rows * S, 0.f);
+        std::fill(m, m + rows, -INFINITY);
+        std::fill(l, l + rows, 0.f);
+        for (int j = 0; j * kBlock < first + rows; ++j) {
+            const int valid = std::min(kBlock, last - j * kBlock);
+            tile_scores(q + i * q_stride, q_stride, rows, kt + j * block_floats, S, s);
+            for (int r = 0; r < rows; ++r) {
+                const int n = std::min(valid, first + r + 1 - j * kBlock);  // causal: keys up to the query's own
+                if (n <= 0) continue;
+                float* sr = s + r * kBlock;
+                float mx = m[r];
+                for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t] *= scale);
+                const float correction = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first block
+                const float total = exp_sum(sr, n, mx);
+                tile_values(acc + r * S, correction, sr, n, vf + j * block_floats, S);
+                l[r] = l[r] * correction + total;
+                m[r] = mx;
+            }
+        }
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < S; ++c) out[(i + r) * out_stride + c] = acc[r * S + c] / l[r];
+    }
 }
 
 // ---- the caches each request's operations read: bound from Python (attention.py) ----
@@ -428,9 +482,7 @@ public:
                         decode_head(cache, table, past[seq] + 1, qh, hk, m_scale, oh, scores, work);
                         continue;
                     }
-                    for (int i = 0; i < count; i += kTile)
-                        prompt_tile(cache, table, past[seq] + i, std::min(kTile, count - i), qh + i * width, width, hk,
-                                    m_scale, oh + i * width, width, work);
+                    prompt_head(cache, table, past[seq], count, qh, width, hk, m_scale, oh, width, work);
                 }
             }
         });

@@ -1,9 +1,11 @@
 """Our attention operation (janus_ov/attention.cpp) in place of the CPU plugin's PagedAttention.
 
-Both run in real compiled language models (the tiny model's int4 language model, which the runtime
-compiles with f32 activations: the operation's case) over the same kind of u8 cache; ours must give
-the plugin's results, read and write a cache the plugin's model shares, and refuse bookkeeping that
-would reach outside the bound tensors. Skipped on CPUs without AVX-512, where the runtime keeps the
+Both run in real compiled language models over the same kind of u8 cache: the tiny model's fp32
+language model with f32 activations (the operation's case; with int4 weights the plugin's int8
+quantization of activations turns differences of 1e-6 into whole steps of its grid now and then,
+0.7 %, which says nothing about attention). Ours must give the plugin's results, read and write a
+cache the plugin's model shares, and refuse bookkeeping that would reach outside the bound tensors.
+Skipped on CPUs without AVX-512, where the runtime keeps the
 plugin's operation (and where there is no g++).
 """
 
@@ -25,11 +27,13 @@ pytestmark = [pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the opera
 
 
 def compiled(ir, which: str, monkeypatch) -> ov.CompiledModel:
-    """The tiny int4 language model as the runtime compiles it, with our attention or the plugin's."""
+    """The tiny language model compiled as the runtime compiles an int4 one (f32 activations), with
+    our attention or the plugin's."""
     monkeypatch.setenv("JANUS_OV_ATTENTION", which)
     core = ov.Core()
     model = core.read_model(str(ir / "language_model.xml"))
-    return compile_paged(core, model, "CPU", streaming_config(model, "CPU", compile_config("CPU", {}, None)))
+    config = compile_config("CPU", {"INFERENCE_PRECISION_HINT": "f32"}, None)
+    return compile_paged(core, model, "CPU", streaming_config(model, "CPU", config))
 
 
 def uses_ours(model: ov.CompiledModel) -> bool:
@@ -38,9 +42,9 @@ def uses_ours(model: ov.CompiledModel) -> bool:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_ir_lm_int4):
+def models(tiny_ir_fp32):
     with pytest.MonkeyPatch.context() as mp:
-        ours, plugin = compiled(tiny_ir_lm_int4, "own", mp), compiled(tiny_ir_lm_int4, "plugin", mp)
+        ours, plugin = compiled(tiny_ir_fp32, "own", mp), compiled(tiny_ir_fp32, "plugin", mp)
     assert uses_ours(ours) and not uses_ours(plugin)
     return ours, plugin
 
@@ -80,7 +84,7 @@ def test_ours_gives_the_plugins_results(models):
     a, b = plugin.create_infer_request(), ours.create_infer_request()
     expected, got = run([a], [fresh(a)], plan), run([b], [fresh(b)], plan)
     for e, g in zip(expected, got):
-        assert np.abs(e - g).max() <= 1e-3 * np.abs(e).max()
+        assert np.abs(e - g).max() <= 1e-4 * np.abs(e).max()
 
 
 def test_a_cache_written_by_either_is_read_by_the_other(models):
@@ -94,7 +98,7 @@ def test_a_cache_written_by_either_is_read_by_the_other(models):
         first, second = (m.create_infer_request() for m in order)
         kv = fresh(first, also=[second])
         for e, g in zip(expected, run([first, second], [kv], plan)):
-            assert np.abs(e - g).max() <= 1e-3 * np.abs(e).max()
+            assert np.abs(e - g).max() <= 1e-4 * np.abs(e).max()
 
 
 def test_bookkeeping_outside_the_bound_cache_fails_the_call(models):
@@ -126,7 +130,7 @@ def test_rebinding_tells_the_operation_the_new_tensors(models):
         cache.start([120, 120, 40])
     expected, got = run([reference], [kv_ref], plan), run([request], [kv], plan)
     for e, g in zip(expected, got):
-        assert np.abs(e - g).max() <= 1e-3 * np.abs(e).max()
+        assert np.abs(e - g).max() <= 1e-4 * np.abs(e).max()
     tensors = {n: request.get_tensor(n) for n in ("key_cache.0", "value_cache.0")}
     bind_tensors([request], tensors)  # binding the same tensors again changes nothing
     assert request.infer({"inputs_embeds": plan[0][1][:1], **kv.step_inputs(np.array([1, 0, 0], np.int32))})
