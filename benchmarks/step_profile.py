@@ -60,7 +60,7 @@ def bind_cache(request, past: int, rows: int = 1, kv=None, fill=None, width: int
     (bound to the same cache tensors); after a call of another shape the plugin's profiling counters
     of a model keep that call's times, so a profiled model must not prefill itself. width: the
     embeddings' width, where `request`'s output is not the hidden state (the fused model's logits)."""
-    from janus_ov.kv_cache import PagedKVCache, bind_tensors
+    from janus_ov.kv_cache import PagedKVCache, bind_tensors, cache_inputs
 
     kv = kv or PagedKVCache(request)
     kv.start([past + 1] * rows)
@@ -68,8 +68,8 @@ def bind_cache(request, past: int, rows: int = 1, kv=None, fill=None, width: int
     compiled = request.get_compiled_model()
     names = [port.get_any_name() for port in fill.get_compiled_model().inputs]
     if fill is not request:
-        bind_tensors([fill], {name: request.get_tensor(name) for name in names
-                              if name.startswith(("key_cache.", "value_cache."))})
+        caches = [port.get_any_name() for port in cache_inputs(fill.get_compiled_model())]
+        bind_tensors([fill], {name: request.get_tensor(name) for name in caches})
     if "inputs_embeds" in names:
         width = width or compiled.output(0).get_partial_shape()[-1].get_length()  # the input's: dynamic here
     rng = np.random.default_rng(0)
@@ -148,14 +148,11 @@ def ours_fused(core, ir: Path, past: int):
     for (a `logit_rows` input), lm_head -- the "one call per step" alternative to ours()."""
     import openvino as ov
     import openvino.opset13 as ops
-    from openvino._offline_transformations import paged_attention_transformation
 
-    from janus_ov import attention
+    from janus_ov import kv_cache
 
     lm, head = core.read_model(str(ir / "language_model.xml")), core.read_model(str(ir / "lm_head.xml"))
-    paged_attention_transformation(lm)
-    if attention.prepare("CPU", shipped(lm, CONFIG)):  # the attention our runtime runs, as in paged()
-        attention.replace_paged_attention(lm)
+    kv_cache.paged(lm, "CPU", shipped(lm, CONFIG))  # as the runtime makes it, our attention included
     rows = ops.parameter([-1], ov.Type.i64, name="logit_rows")
     hidden = lm.output(0).get_node().input_value(0)  # [tokens,1,H], what the Result reads
     picked = ops.gather(hidden, rows, ops.constant(0))

@@ -1,6 +1,6 @@
 // The language model's attention over its paged KV cache, as an OpenVINO operation of our own that
 // takes the place of the CPU plugin's PagedAttention (attention.py builds this file and rewires the
-// graph). Same inputs, same cache layout, same result within float rounding; faster where our steps
+// graph). Same cache layout, same result within float rounding; faster where our steps
 // spend their time: one query token for each of several sequences (a CFG image batch's rows, chats
 // decoding side by side), where the plugin's per-token loop reads its u8 cache at a third of what the
 // memory gives (figures: benchmarks/results/design-measurements.md).

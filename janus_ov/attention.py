@@ -27,6 +27,7 @@ import numpy as np
 import openvino as ov
 from openvino import opset13 as ops
 
+from .kv_cache import BLOCK_SIZE
 from .tuning import cpu_flags, machine_key
 
 SOURCE = Path(__file__).with_name("attention.cpp")
@@ -34,7 +35,6 @@ OP_TYPE, OP_VERSION = "JanusPagedAttention", "janus_ov"
 # Plugin settings that change the KV cache's layout from the one attention.cpp reads and writes.
 CACHE_SETTINGS = ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION", "KEY_CACHE_QUANT_MODE",
                   "VALUE_CACHE_QUANT_MODE", "KEY_CACHE_GROUP_SIZE", "VALUE_CACHE_GROUP_SIZE")
-BLOCK = 32  # tokens per cache block (kv_cache.BLOCK_SIZE["CPU"])
 
 _lock = threading.Lock()
 _reader = None  # a Core that reads our operation's IR (False: the library cannot be had here)
@@ -155,24 +155,26 @@ def replace_paged_attention(model: ov.Model) -> bool:
     slot = ops.parameter([1], ov.Type.i32, name="attention_slot")
     slot.output(0).get_tensor().set_names({"attention_slot"})
     book, rows = _bookkeeping(first, slot, width=_width(first))
+    # Every layer's output: rows R.. of its operation's output, their first q-width columns (the same
+    # for all layers: one token count, one query width).
+    zero = ops.constant(np.array([0], np.int64))
+    tokens = ops.gather(ops.shape_of(first.input_value(0), ov.Type.i64), zero, 0)
+    start = ops.concat([ops.convert(rows, ov.Type.i64), zero], 0)
+    width_q = first.input_value(0).get_partial_shape()[1].get_length()
+    stop = ops.concat([ops.add(ops.convert(rows, ov.Type.i64), tokens), ops.constant(np.array([width_q], np.int64))], 0)
+    step = ops.constant(np.array([1, 1], np.int64))
+    block = BLOCK_SIZE["CPU"]
     for node, (kv_heads, size) in zip(nodes, shapes):
-        layer = int(node.input_value(3).get_node().get_friendly_name().split(".")[-1])
-        heads = node.input_value(0).get_partial_shape()[1].get_length() // size
+        layer = int(node.input_value(3).get_any_name().split(".")[-1])  # key_cache.<layer>
         scale = float(node.input_value(9).get_node().get_data())
         qkv = ops.concat([node.input_value(i) for i in (0, 1, 2)], 1)
-        ours = _new_node(ops.concat([book, qkv], 0), layer, heads, scale)
-        tokens = ops.shape_of(node.input_value(0), ov.Type.i64)
-        zero = ops.constant(np.array([0], np.int64))
-        start = ops.concat([ops.convert(rows, ov.Type.i64), zero], 0)
-        stop = ops.concat([ops.add(ops.convert(rows, ov.Type.i64), ops.gather(tokens, zero, 0)),
-                           ops.constant(np.array([heads * size], np.int64))], 0)
-        out = ops.slice(ours, start, stop, ops.constant(np.array([1, 1], np.int64)))
-        node.output(0).replace(out.output(0))
+        ours = _new_node(ops.concat([book, qkv], 0), layer, width_q // size, scale)
+        node.output(0).replace(ops.slice(ours, start, stop, step).output(0))
         keys, values = (node.input_value(i).get_node() for i in (3, 4))
         keys.set_element_type(ov.Type.u8)
-        keys.set_partial_shape(ov.PartialShape([-1, kv_heads, BLOCK + 8, size]))
+        keys.set_partial_shape(ov.PartialShape([-1, kv_heads, block + 8, size]))
         values.set_element_type(ov.Type.u8)
-        values.set_partial_shape(ov.PartialShape([-1, kv_heads, BLOCK, size + 8]))
+        values.set_partial_shape(ov.PartialShape([-1, kv_heads, block, size + 8]))
     model.add_parameters([slot])
     model.validate_nodes_and_infer_types()
     return True
@@ -190,9 +192,9 @@ def _bookkeeping(node, slot, width: int):
     first = ops.constant(np.array([0], np.int64))
     count = lambda x: ops.gather(ops.shape_of(x, i32), first, 0)  # noqa: E731 - [1] i32
     body = ops.concat([slot, count(node.input_value(0)), count(past), count(blocks), past, begins, tables, blocks], 0)
-    width_c = ops.constant(np.array([width], np.int32))
-    rows = ops.divide(ops.add(count(body), width_c), width_c)  # ceil((len + 1) / width): R itself goes first
-    padding = ops.subtract(ops.multiply(rows, width_c), ops.add(count(body), ops.constant(np.array([1], np.int32))))
+    length, width_c = count(body), ops.constant(np.array([width], np.int32))
+    rows = ops.divide(ops.add(length, width_c), width_c)  # ceil((len + 1) / width): R itself goes first
+    padding = ops.subtract(ops.multiply(rows, width_c), ops.add(length, ops.constant(np.array([1], np.int32))))
     flat = ops.convert(ops.concat([rows, body], 0), ov.Type.f32)
     padded = ops.pad(flat, ops.constant(np.array([0], np.int32)), padding, "constant")
     return ops.reshape(padded, ops.constant(np.array([-1, width], np.int64)), False), rows

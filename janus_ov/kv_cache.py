@@ -57,9 +57,7 @@ class PagedKVCache:
         prompt model) that must read and write the same cache tensors."""
         self.request, self._also = request, tuple(also)
         self.block_size = BLOCK_SIZE.get(device.split(".")[0], 32)
-        self._inputs = [(port.get_any_name(), port.get_element_type(), port.get_partial_shape())
-                        for port in request.get_compiled_model().inputs
-                        if port.get_any_name().startswith(("key_cache.", "value_cache."))]
+        self._names = [port.get_any_name() for port in cache_inputs(request.get_compiled_model())]
         self._blocks = 0  # blocks the bound tensors hold
         self.past = np.zeros(0, np.int32)
         self.start([0])
@@ -87,13 +85,9 @@ class PagedKVCache:
         supplies their pages on first touch."""
         if self._blocks >= blocks and self._blocks <= 4 * blocks:
             return
-        tensors = {}
-        for name, element_type, shape in self._inputs:
-            dims = [blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
-            tensors[name] = ov.Tensor(element_type, dims)
-            if keep_blocks:
-                old = by_block(self.request.get_tensor(name), self._blocks)
-                by_block(tensors[name], blocks)[:keep_blocks] = old[:keep_blocks]
+        tensors = new_cache_tensors(self.request, blocks)
+        for name, tensor in tensors.items() if keep_blocks else ():
+            by_block(tensor, blocks)[:keep_blocks] = by_block(self.request.get_tensor(name), self._blocks)[:keep_blocks]
         bind_tensors((self.request, *self._also), tensors)
         self._blocks = blocks
 
@@ -105,7 +99,7 @@ class PagedKVCache:
             raise ValueError(f"Cannot copy row {src} ({self.past[src]} tokens) into rows {dsts.tolist()}.")
         used = -(-int(self.past[src]) // self.block_size)
         first = self._first_block
-        for name, *_ in self._inputs:
+        for name in self._names:
             blocks = by_block(self.request.get_tensor(name), self._blocks)
             for dst in dsts:
                 blocks[first[dst]:first[dst] + used] = blocks[first[src]:first[src] + used]
@@ -131,6 +125,22 @@ class PagedKVCache:
 
     def advance(self, lengths: np.ndarray) -> None:
         self.past += lengths.astype(np.int32)
+
+
+def cache_inputs(compiled: ov.CompiledModel) -> list:
+    """The compiled model's cache inputs (key_cache.<layer>, value_cache.<layer>)."""
+    return [port for port in compiled.inputs if port.get_any_name().startswith(("key_cache.", "value_cache."))]
+
+
+def new_cache_tensors(request: ov.InferRequest, blocks: int) -> dict:
+    """name -> a fresh tensor of `blocks` blocks, for each cache input of the request's model. Fresh
+    tensors cost nothing until written: the OS supplies their pages on first touch."""
+    tensors = {}
+    for port in cache_inputs(request.get_compiled_model()):
+        shape = port.get_partial_shape()
+        dims = [blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
+        tensors[port.get_any_name()] = ov.Tensor(port.get_element_type(), dims)
+    return tensors
 
 
 def bind_tensors(requests, tensors: dict) -> None:

@@ -32,7 +32,7 @@ import openvino as ov
 import psutil
 
 from .errors import ModelNotFoundError
-from .kv_cache import PagedKVCache, paged, uncached
+from .kv_cache import PagedKVCache, cache_inputs, paged, uncached
 from .memory import drop_mapped_pages
 from .model_info import ModelInfo
 from .parts import PARTS, int4_group_size, integer_weights
@@ -134,7 +134,7 @@ def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = 
 def cache_ports(compiled: ov.CompiledModel) -> set:
     """(name, element type, shape) of a compiled PagedAttention model's cache inputs."""
     return {(p.get_any_name(), p.get_element_type().get_type_name(), str(p.get_partial_shape()))
-            for p in compiled.inputs if p.get_any_name().startswith(("key_cache.", "value_cache."))}
+            for p in cache_inputs(compiled)}
 
 
 def _tensor(array: np.ndarray, dtype) -> tuple[ov.Tensor, np.ndarray]:
@@ -174,8 +174,6 @@ class Context:
         """
         request, bound, dtypes = self.req[part], self._bound[part], self._dtypes[part]
         for name, array in inputs.items():
-            if name not in dtypes:  # our attention's slot number, which a prompt model on the plugin's does not take
-                continue
             if bound.get(name, (None,))[0] is not array:
                 tensor, data = _tensor(array, dtypes[name])
                 request.set_tensor(name, tensor)
@@ -295,11 +293,10 @@ class Runtime:
         xml = str(self.model_dir / "language_model.xml")
         lm = core().read_model(xml)
         models = {"language_model": (lm, streaming_config(lm, self.device, self.config))}
-        prompt = core().read_model(xml)
         weights = (self.model_dir / "language_model.bin").stat().st_size
-        config = prompt_config(prompt, self.device, self.config, weights=weights)
+        config = prompt_config(lm, self.device, self.config, weights=weights)
         if config is not None:
-            models["prompt_model"] = (prompt, config)
+            models["prompt_model"] = (core().read_model(xml), config)
         return {name: (paged(model, self.device, config), config) for name, (model, config) in models.items()}
 
     def _compile(self, part: str) -> ov.CompiledModel:

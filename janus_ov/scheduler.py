@@ -37,7 +37,7 @@ import numpy as np
 import openvino as ov
 
 from .errors import InvalidInputError, ServerBusyError
-from .kv_cache import BLOCK_SIZE, bind_tensors, by_block
+from .kv_cache import BLOCK_SIZE, bind_tensors, by_block, new_cache_tensors
 
 PREFILL_CHUNK = 256  # prompt tokens per step, shared by all prefilling requests, while others decode
 # ... and while nobody decodes: no one waits for the call, and each call unpacks every int4 weight once,
@@ -62,14 +62,8 @@ class BlockPool:
         self.request = request
         self.block_size = BLOCK_SIZE.get(device.split(".")[0], 32)
         self.blocks = -(-tokens // self.block_size)
-        tensors = {}
-        for port in request.get_compiled_model().inputs:
-            name = port.get_any_name()
-            if name.startswith(("key_cache.", "value_cache.")):
-                shape = port.get_partial_shape()
-                dims = [self.blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
-                # Untouched pages cost nothing: memory grows with the blocks in use, not the pool.
-                tensors[name] = ov.Tensor(port.get_element_type(), dims)
+        # Untouched pages cost nothing: memory grows with the blocks in use, not the pool.
+        tensors = new_cache_tensors(request, self.blocks)
         bind_tensors((request, *also), tensors)
         self.names = list(tensors)
         self.free = list(range(self.blocks))[::-1]  # a block freed last is reused first: its pages are warm

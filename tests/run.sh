@@ -8,10 +8,15 @@ python3 -m pip install --quiet -r tests/requirements.txt
 
 # The browser tests drive Debian's Chromium through Playwright; Playwright's own
 # browser download is never used (it cannot be fetched on our machines).
-if ! command -v chromium >/dev/null 2>&1; then
+# g++ builds our attention operation (janus_ov/attention.py; tests/test_attention.py and the
+# decode_attention benchmark's test need it).
+PACKAGES=""
+command -v chromium >/dev/null 2>&1 || PACKAGES="$PACKAGES chromium"
+command -v g++ >/dev/null 2>&1 || PACKAGES="$PACKAGES g++"
+if [ -n "$PACKAGES" ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $PACKAGES >/dev/null
 fi
 
 # No test may reach the Hub: everything runs on tiny models the suite builds itself.
