@@ -15,6 +15,7 @@
 // re-quantizes that channel over the block's tokens (the plugin re-quantizes every channel each time).
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
 #include <cmath>
@@ -222,6 +223,100 @@ void write_tokens(const Cache& cache, const int32_t* table, int first, int count
 
 // ---- attention ----
 
+#if defined(__AVX512F__)
+// Four sums of 16 lanes each, as one vector of 4.
+inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    const __m512 u = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1))),
+                                   _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1))));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// One decoding row's attention for kv heads [h0, h1) (and the query heads that read them), S = 16 * N,
+// in one pass over the blocks with an online softmax. Blocks outside, heads inside: a block's heads
+// lie side by side in the cache, so the reads are long runs; each (block, head)'s keys and values
+// are read once, while the same head's next block is fetched; the query and the output of the head
+// at hand stay in registers. q, out: the row's heads * S floats.
+template <int N>
+void decode_heads(const Cache& cache, const int32_t* table, int kv, const float* q, int h0, int h1, int group,
+                  float scale, float* out, std::vector<float>& state) {
+    constexpr int S = 16 * N;
+    const int blocks = (kv + kBlock - 1) / kBlock, count = (h1 - h0) * group;
+    state.assign(static_cast<size_t>(count) * (S + 3), 0.f);
+    float* accs = state.data();  // per query head: acc[S], then running max, sum and zero-point term
+    float* ms = accs + count * S;
+    float* ls = ms + count;
+    float* zeros = ls + count;
+    std::fill(ms, ms + count, -INFINITY);
+    alignas(64) float s[kBlock];
+    __m512 qs[N], acc[N];
+    for (int j = 0; j < blocks; ++j) {
+        const int valid = std::min(kBlock, kv - j * kBlock);
+        const bool more = j + 1 < blocks;
+        for (int i_h = 0; i_h < count; ++i_h) {
+            const int hk = h0 + i_h / group, h = h0 * group + i_h;
+            const uint8_t* p = cache.key(table[j], hk);
+            const uint8_t* vp = cache.value(table[j], hk);
+            const uint8_t* next_k = more ? cache.key(table[j + 1], hk) : p;
+            const uint8_t* next_v = more ? cache.value(table[j + 1], hk) : vp;
+            // Keys: the block's per-channel scale folded into the query, its zero point into c0.
+            const float* ks = reinterpret_cast<const float*>(p);
+            __m512 c0v = _mm512_setzero_ps();
+            for (int i = 0; i < N; ++i) {
+                qs[i] = _mm512_mul_ps(_mm512_loadu_ps(q + h * S + 16 * i), _mm512_loadu_ps(ks + 16 * i));
+                c0v = _mm512_fmadd_ps(qs[i], _mm512_loadu_ps(ks + S + 16 * i), c0v);
+            }
+            const __m128 c0 = _mm_set1_ps(_mm512_reduce_add_ps(c0v)), sc = _mm_set1_ps(scale);
+            const uint8_t* u = p + 8 * S;
+            for (int t = 0; t < valid; t += 4) {  // may score up to 3 rows past `valid`: inside the block, unused
+                for (size_t b = t / 4 * cache.key_block() / 8; b < (t / 4 + 1) * cache.key_block() / 8; b += 64)
+                    __builtin_prefetch(next_k + b);
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                const uint8_t* r = u + t * S;
+                for (int i = 0; i < N; ++i) {
+                    a0 = _mm512_fmadd_ps(qs[i], u8x16(r + 16 * i), a0);
+                    a1 = _mm512_fmadd_ps(qs[i], u8x16(r + S + 16 * i), a1);
+                    a2 = _mm512_fmadd_ps(qs[i], u8x16(r + 2 * S + 16 * i), a2);
+                    a3 = _mm512_fmadd_ps(qs[i], u8x16(r + 3 * S + 16 * i), a3);
+                }
+                _mm_store_ps(s + t, _mm_mul_ps(_mm_sub_ps(sum4(a0, a1, a2, a3), c0), sc));
+            }
+            float mx = ms[i_h];
+            for (int t = 0; t < valid; ++t) mx = std::max(mx, s[t]);
+            const float correction = std::exp(ms[i_h] - mx);  // 0 on the first block
+            ls[i_h] = ls[i_h] * correction + exp_sum(s, valid, mx);
+            ms[i_h] = mx;
+            // Values: each row's scale folded into its weight, its zero point into one sum per head.
+            float zero = zeros[i_h] * correction;
+            const __m512 cv = _mm512_set1_ps(correction);
+            float* a = accs + i_h * S;
+            for (int i = 0; i < N; ++i) acc[i] = _mm512_mul_ps(_mm512_loadu_ps(a + 16 * i), cv);
+            for (int t = 0; t < valid; ++t) {
+                const uint8_t* row = vp + t * (8 + S);
+                for (int b = 0; b < 8 + S; b += 64) __builtin_prefetch(next_v + t * (8 + S) + b);
+                float scale_zp[2];
+                std::memcpy(scale_zp, row, sizeof(scale_zp));
+                const float w = s[t] * scale_zp[0];
+                zero += w * scale_zp[1];
+                const __m512 wv = _mm512_set1_ps(w);
+                for (int i = 0; i < N; ++i) acc[i] = _mm512_fmadd_ps(wv, u8x16(row + 8 + 16 * i), acc[i]);
+            }
+            for (int i = 0; i < N; ++i) _mm512_storeu_ps(a + 16 * i, acc[i]);
+            zeros[i_h] = zero;
+        }
+    }
+    for (int i_h = 0; i_h < count; ++i_h) {
+        const float inv = 1.f / ls[i_h];
+        float* o = out + (h0 * group + i_h) * S;
+        for (int c = 0; c < S; ++c) o[c] = (accs[i_h * S + c] - zeros[i_h]) * inv;
+    }
+}
+#endif
+
+// Portable form of the same (builds without AVX-512, head sizes not a multiple of 16): one query
+// head at a time, keys then values.
 // One query (a decoding row) over its sequence's first kv tokens, one head: the dequantization is
 // folded into the query once per key block and into one scalar per value row.
 void decode_head(const Cache& cache, const int32_t* table, int kv, const float* q, int hk, float scale, float* out,
@@ -263,6 +358,30 @@ void decode_head(const Cache& cache, const int32_t* table, int kv, const float* 
         }
     }
     for (int c = 0; c < S; ++c) out[c] = acc[c] - zero;
+}
+
+// A decoding row's attention for kv heads [h0, h1): the vector form where it applies.
+void decode_row(const Cache& cache, const int32_t* table, int kv, const float* q, int h0, int h1, int group,
+                float scale, float* out, std::vector<float>& scores, std::vector<float>& work) {
+#if defined(__AVX512F__)
+    switch (cache.S) {
+        case 16: return decode_heads<1>(cache, table, kv, q, h0, h1, group, scale, out, work);
+        case 32: return decode_heads<2>(cache, table, kv, q, h0, h1, group, scale, out, work);
+        case 64: return decode_heads<4>(cache, table, kv, q, h0, h1, group, scale, out, work);
+        case 128: return decode_heads<8>(cache, table, kv, q, h0, h1, group, scale, out, work);
+        case 256: return decode_heads<16>(cache, table, kv, q, h0, h1, group, scale, out, work);
+    }
+#endif
+    for (int h = h0 * group; h < h1 * group; ++h)
+        decode_head(cache, table, kv, q + h * cache.S, h / group, scale, out + h * cache.S, scores, work);
+}
+
+// Work items per sequence: its kv heads in this many runs, so that a call of few sequences still
+// gives every thread a couple of items (a chat's one row: 4 on 2 threads) while many sequences keep
+// long runs of heads.
+int head_runs(int sequences, int kv_heads) {
+    const int threads = tbb::this_task_arena::max_concurrency();
+    return std::clamp((2 * threads + sequences - 1) / sequences, 1, kv_heads);
 }
 
 // scores[r][t] = q_r . k_t (t < 32) for `rows` queries, keys transposed (kt[c * 32 + t]): per channel
@@ -465,25 +584,26 @@ public:
         const float* v = k + static_cast<size_t>(kv_heads) * S;
         float* out = outputs[0].data<float>() + static_cast<size_t>(rows) * width;
 
-        // One work item per (sequence, kv head): its new tokens into the cache, then attention for the
-        // query heads that read that kv head -- a decoding row's one query, or a prompt's in tiles.
-        tbb::parallel_for(tbb::blocked_range<int>(0, sequences * kv_heads), [&](const tbb::blocked_range<int>& range) {
+        // One work item per (sequence, run of kv heads): its new tokens into the cache, then attention for
+        // the query heads that read those kv heads -- a decoding row's one query, or a prompt's in tiles.
+        const int runs = head_runs(sequences, kv_heads);
+        tbb::parallel_for(tbb::blocked_range<int>(0, sequences * runs), [&](const tbb::blocked_range<int>& range) {
             thread_local std::vector<float> scores, work;
             for (int item = range.begin(); item != range.end(); ++item) {
-                const int seq = item / kv_heads, hk = item % kv_heads, count = begins[seq + 1] - begins[seq];
+                const int seq = item / runs, run = item % runs, count = begins[seq + 1] - begins[seq];
+                const int h0 = kv_heads * run / runs, h1 = kv_heads * (run + 1) / runs;
                 if (count == 0) continue;
                 const int32_t* table = blocks + tables[seq];
                 const size_t token = static_cast<size_t>(begins[seq]) * width;
-                write_tokens(cache, table, past[seq], count, k + token + hk * S, v + token + hk * S, width, hk, work);
-                for (int h = hk * group; h < (hk + 1) * group; ++h) {
-                    const float* qh = q + token + h * S;
-                    float* oh = out + token + h * S;
-                    if (count == 1) {
-                        decode_head(cache, table, past[seq] + 1, qh, hk, m_scale, oh, scores, work);
-                        continue;
-                    }
-                    prompt_head(cache, table, past[seq], count, qh, width, hk, m_scale, oh, width, work);
+                for (int hk = h0; hk < h1; ++hk)
+                    write_tokens(cache, table, past[seq], count, k + token + hk * S, v + token + hk * S, width, hk, work);
+                if (count == 1) {
+                    decode_row(cache, table, past[seq] + 1, q + token, h0, h1, group, m_scale, out + token, scores, work);
+                    continue;
                 }
+                for (int h = h0 * group; h < h1 * group; ++h)
+                    prompt_head(cache, table, past[seq], count, q + token + h * S, width, h / group, m_scale,
+                                out + token + h * S, width, work);
             }
         });
         return true;
@@ -533,14 +653,14 @@ int janus_attention_bind(int slot, int layer, void* keys, void* values, int64_t 
 int janus_decode_attention(const float* q, int rows, int heads, int S, uint8_t* keys, uint8_t* values, int kv_heads,
                            const int32_t* past, const int32_t* blocks, const int32_t* tables, float scale, float* out) {
     const janus::Cache cache{keys, values, kv_heads, S};
-    const int group = heads / kv_heads;
-    tbb::parallel_for(tbb::blocked_range<int>(0, rows * heads), [&](const tbb::blocked_range<int>& range) {
+    const int group = heads / kv_heads, runs = janus::head_runs(rows, kv_heads);
+    tbb::parallel_for(tbb::blocked_range<int>(0, rows * runs), [&](const tbb::blocked_range<int>& range) {
         thread_local std::vector<float> scores, work;
         for (int item = range.begin(); item != range.end(); ++item) {
-            const int row = item / heads, h = item % heads;
-            const size_t at = (static_cast<size_t>(row) * heads + h) * S;
-            janus::decode_head(cache, blocks + tables[row], past[row] + 1, q + at, h / group, scale, out + at, scores,
-                               work);
+            const int row = item / runs, run = item % runs;
+            const size_t at = static_cast<size_t>(row) * heads * S;
+            janus::decode_row(cache, blocks + tables[row], past[row] + 1, q + at, kv_heads * run / runs,
+                              kv_heads * (run + 1) / runs, group, scale, out + at, scores, work);
         }
     });
     return 0;
