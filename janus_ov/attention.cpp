@@ -315,10 +315,9 @@ void decode_heads(const Cache& cache, const int32_t* table, int kv, const float*
 }
 #endif
 
-// Portable form of the same (builds without AVX-512, head sizes not a multiple of 16): one query
-// head at a time, keys then values.
-// One query (a decoding row) over its sequence's first kv tokens, one head: the dequantization is
-// folded into the query once per key block and into one scalar per value row.
+// The portable form (builds without AVX-512, head sizes not a multiple of 16): one query head over its
+// sequence's first kv tokens, keys then values, the dequantization folded into the query once per key
+// block and into one scalar per value row.
 void decode_head(const Cache& cache, const int32_t* table, int kv, const float* q, int hk, float scale, float* out,
                  std::vector<float>& scores, std::vector<float>& work) {
     const int S = cache.S, blocks = (kv + kBlock - 1) / kBlock;
