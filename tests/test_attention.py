@@ -197,3 +197,55 @@ print("alive")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(os.getcwd())})
     assert out.returncode == 0 and "alive" in out.stdout, out.stderr
+
+
+def reference_decode(q, keys, values, past, blocks, tables, scale):
+    """What the decode kernel must give, from the cache layout as attention.cpp documents it: keys
+    [blocks, kv heads, 8 + 32, S] (f32 scale[S], zero point[S], then 32 rows of u8), values [blocks,
+    kv heads, 32, 8 + S] (f32 scale, zero point, S u8 per row); x = (u - zero point) * scale."""
+    n_blocks, kv_heads, _, S = keys.shape
+    heads = q.shape[1] // S
+    k_params = keys[:, :, :8].reshape(n_blocks, kv_heads, -1).view(np.float32)  # [blocks, kv heads, 2S]
+    k = (keys[:, :, 8:].astype(np.float32) - k_params[:, :, None, S:]) * k_params[:, :, None, :S]
+    v_params = values[..., :8].reshape(n_blocks, kv_heads, 32, 8).view(np.float32)  # [..., 2]
+    v = (values[..., 8:].astype(np.float32) - v_params[..., 1:]) * v_params[..., :1]
+    out = np.empty_like(q)
+    for row in range(len(q)):
+        table, kv = blocks[tables[row]:tables[row + 1]], past[row] + 1
+        for h in range(heads):
+            hk = h // (heads // kv_heads)
+            k_row = np.concatenate(k[table, hk])[:kv].astype(np.float64)
+            v_row = np.concatenate(v[table, hk])[:kv].astype(np.float64)
+            s = k_row @ q[row, h * S:(h + 1) * S] * scale
+            p = np.exp(s - s.max())
+            out[row, h * S:(h + 1) * S] = p @ v_row / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("S, heads, kv_heads", [(128, 16, 16), (64, 8, 4), (16, 4, 4), (48, 2, 2)])
+def test_the_decode_kernel_reads_the_cache_layout_at_every_head_size(S, heads, kv_heads):
+    """The decode path the full-size models take (head size 128; the tiny model's is 16), grouped
+    query heads, a head size with no vector form (48: the portable loops), and rows whose lengths end
+    on, before and after block edges, over blocks in shuffled order -- against numpy."""
+    from benchmarks.decode_attention import load
+
+    dll, rng = load(), np.random.default_rng(0)
+    past = np.array([0, 30, 31, 32, 63, 299], np.int32)  # cached tokens before each row's new one
+    per_row = (past + 1 + 31) // 32
+    n_blocks = int(per_row.sum()) + 3  # and some blocks nobody reads
+    keys = rng.integers(0, 256, (n_blocks, kv_heads, 40, S), dtype=np.uint8)
+    keys[:, :, :8] = np.concatenate([rng.uniform(0.005, 0.02, (n_blocks, kv_heads, S)),
+                                     rng.uniform(100, 150, (n_blocks, kv_heads, S))], -1).astype(np.float32) \
+        .view(np.uint8).reshape(n_blocks, kv_heads, 8, S)
+    values = rng.integers(0, 256, (n_blocks, kv_heads, 32, 8 + S), dtype=np.uint8)
+    values[..., :8] = np.stack([rng.uniform(0.005, 0.02, (n_blocks, kv_heads, 32)),
+                                rng.uniform(100, 150, (n_blocks, kv_heads, 32))], -1).astype(np.float32) \
+        .view(np.uint8).reshape(n_blocks, kv_heads, 32, 8)
+    blocks = rng.permutation(n_blocks).astype(np.int32)
+    tables = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
+    q = rng.standard_normal((len(past), heads * S)).astype(np.float32)
+    out = np.empty_like(q)
+    dll.janus_decode_attention(q.ctypes.data, len(q), heads, S, keys.ctypes.data, values.ctypes.data, kv_heads,
+                               past.ctypes.data, blocks.ctypes.data, tables.ctypes.data, 0.1, out.ctypes.data)
+    expected = reference_decode(q, keys, values, past, blocks, tables, 0.1)
+    assert np.abs(out - expected).max() <= 1e-5 * np.abs(expected).max()
