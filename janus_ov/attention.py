@@ -4,7 +4,7 @@ kv_cache.compile_paged turns the stateful language model into a PagedAttention m
 OpenVINO's own transformation; on CPUs with AVX-512 this module then swaps each PagedAttention node
 for ours (attention.cpp): the same inputs and cache layout, a faster kernel for what our steps do
 most -- one new token for each of several sequences, as every CFG image step is (the plugin's
-multi-sequence path costs 2x ours there; figures: benchmarks/results/design-measurements.md).
+attention costs 2.5-3x ours there; figures: benchmarks/results/design-measurements.md).
 
 The operation is C++ built here, at first use on a machine, with the system's g++ against the
 headers and TBB that the OpenVINO wheel ships (a few seconds, once: the library is kept beside the
