@@ -383,28 +383,35 @@ int head_runs(int sequences, int kv_heads) {
     return std::clamp((2 * threads + sequences - 1) / sequences, 1, kv_heads);
 }
 
-// scores[r][t] = q_r . k_t (t < 32) for `rows` queries, keys transposed (kt[c * 32 + t]): per channel
-// one broadcast of each query's value against the block's 32 keys, no horizontal sums; four queries a
-// pass keep eight independent sums in flight.
+#if defined(__AVX512F__)
+// scores[r][t] += q_r . k_t for Q queries from r0: per channel one broadcast of each query's value
+// against the block's 32 keys (two vectors), 2Q independent sums in flight.
+template <int Q>
+void score_pass(const float* q, size_t q_stride, const float* kt, int S, float* scores) {
+    __m512 a[2 * Q];
+    for (auto& x : a) x = _mm512_setzero_ps();
+    for (int c = 0; c < S; ++c) {
+        const __m512 k0 = _mm512_loadu_ps(kt + c * kBlock), k1 = _mm512_loadu_ps(kt + c * kBlock + 16);
+        for (int i = 0; i < Q; ++i) {
+            const __m512 qc = _mm512_set1_ps(q[i * q_stride + c]);
+            a[2 * i] = _mm512_fmadd_ps(qc, k0, a[2 * i]);
+            a[2 * i + 1] = _mm512_fmadd_ps(qc, k1, a[2 * i + 1]);
+        }
+    }
+    for (int i = 0; i < Q; ++i) {
+        _mm512_storeu_ps(scores + i * kBlock, a[2 * i]);
+        _mm512_storeu_ps(scores + i * kBlock + 16, a[2 * i + 1]);
+    }
+}
+#endif
+
+// scores[r][t] = q_r . k_t (t < 32) for `rows` queries, keys transposed (kt[c * 32 + t]): no
+// horizontal sums; eight queries a pass share each load of the keys.
 void tile_scores(const float* q, size_t q_stride, int rows, const float* kt, int S, float* scores) {
     int r = 0;
 #if defined(__AVX512F__)
-    for (; r + 4 <= rows; r += 4) {
-        __m512 a[8];
-        for (auto& x : a) x = _mm512_setzero_ps();
-        for (int c = 0; c < S; ++c) {
-            const __m512 k0 = _mm512_loadu_ps(kt + c * kBlock), k1 = _mm512_loadu_ps(kt + c * kBlock + 16);
-            for (int i = 0; i < 4; ++i) {
-                const __m512 qc = _mm512_set1_ps(q[(r + i) * q_stride + c]);
-                a[2 * i] = _mm512_fmadd_ps(qc, k0, a[2 * i]);
-                a[2 * i + 1] = _mm512_fmadd_ps(qc, k1, a[2 * i + 1]);
-            }
-        }
-        for (int i = 0; i < 4; ++i) {
-            _mm512_storeu_ps(scores + (r + i) * kBlock, a[2 * i]);
-            _mm512_storeu_ps(scores + (r + i) * kBlock + 16, a[2 * i + 1]);
-        }
-    }
+    for (; r + 8 <= rows; r += 8) score_pass<8>(q + r * q_stride, q_stride, kt, S, scores + r * kBlock);
+    for (; r + 4 <= rows; r += 4) score_pass<4>(q + r * q_stride, q_stride, kt, S, scores + r * kBlock);
 #endif
     for (; r < rows; ++r) {
         float* sr = scores + r * kBlock;
@@ -417,23 +424,82 @@ void tile_scores(const float* q, size_t q_stride, int rows, const float* kt, int
     }
 }
 
-// acc[0:S] = acc * correction + sum over t < n of p[t] * v_t (rows of S floats): the sums stay in
-// registers across the block's tokens.
-void tile_values(float* acc, float correction, const float* p, int n, const float* vf, int S) {
 #if defined(__AVX512F__)
-    __m512 a[16];  // S <= 256
-    const int lanes = S / 16;
-    const __m512 cv = _mm512_set1_ps(correction);
-    for (int i = 0; i < lanes; ++i) a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), cv);
-    for (int t = 0; t < n; ++t) {
-        const __m512 w = _mm512_set1_ps(p[t]);
-        for (int i = 0; i < lanes; ++i) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vf + t * S + 16 * i), a[i]);
+// Two rows of a tile at once (they share each load of the values), S = 16 * N, the sums in registers:
+// acc_i = acc_i * correction_i + sum over t < n of p_i[t] * v_t.
+template <int N>
+void value_pair(float* acc0, float* acc1, float c0, float c1, const float* p0, const float* p1, int n, const float* vf) {
+    __m512 a[N], b[N];
+    const __m512 cv0 = _mm512_set1_ps(c0), cv1 = _mm512_set1_ps(c1);
+    for (int i = 0; i < N; ++i) {
+        a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc0 + 16 * i), cv0);
+        b[i] = _mm512_mul_ps(_mm512_loadu_ps(acc1 + 16 * i), cv1);
     }
-    for (int i = 0; i < lanes; ++i) _mm512_storeu_ps(acc + 16 * i, a[i]);
-#else
-    for (int c = 0; c < S; ++c) acc[c] *= correction;
-    for (int t = 0; t < n; ++t) axpy(acc, p[t], vf + t * S, S);
+    for (int t = 0; t < n; ++t) {
+        const __m512 w0 = _mm512_set1_ps(p0[t]), w1 = _mm512_set1_ps(p1[t]);
+        for (int i = 0; i < N; ++i) {
+            const __m512 v = _mm512_loadu_ps(vf + t * 16 * N + 16 * i);
+            a[i] = _mm512_fmadd_ps(w0, v, a[i]);
+            b[i] = _mm512_fmadd_ps(w1, v, b[i]);
+        }
+    }
+    for (int i = 0; i < N; ++i) _mm512_storeu_ps(acc0 + 16 * i, a[i]), _mm512_storeu_ps(acc1 + 16 * i, b[i]);
+}
 #endif
+
+// Rows r and r + 1 of a tile (or r alone: p1 == nullptr): acc = acc * correction + p . values[0:n).
+// Weights past a row's own n are zero.
+void tile_values(float* acc, int S, const float* corrections, const float* p, const float* p1, int n, const float* vf) {
+    float* acc1 = acc + S;
+#if defined(__AVX512F__)
+    if (p1) {
+        switch (S) {
+            case 16: return value_pair<1>(acc, acc1, corrections[0], corrections[1], p, p1, n, vf);
+            case 32: return value_pair<2>(acc, acc1, corrections[0], corrections[1], p, p1, n, vf);
+            case 64: return value_pair<4>(acc, acc1, corrections[0], corrections[1], p, p1, n, vf);
+            case 128: return value_pair<8>(acc, acc1, corrections[0], corrections[1], p, p1, n, vf);
+        }
+    }
+#endif
+    for (int k = 0; k < (p1 ? 2 : 1); ++k) {
+        float* a = k ? acc1 : acc;
+        const float* w = k ? p1 : p;
+        for (int c = 0; c < S; ++c) a[c] *= corrections[k];
+        for (int t = 0; t < n; ++t) axpy(a, w[t], vf + t * S, S);
+    }
+}
+
+// One query's scores over a block's keys, sr[0:32], n of them valid: turned into exp(score * scale - m')
+// with m' the new running maximum (zero past n, so a row may be paired with a longer one), the
+// running sum l updated; returns the correction exp(m - m') for the sums so far (1 when n is 0).
+float softmax_block(float* sr, int n, float scale, float& m, float& l) {
+    if (n == 0) {
+        std::fill(sr, sr + kBlock, 0.f);
+        return 1.f;
+    }
+#if defined(__AVX512F__)
+    const __mmask16 k0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 k1 = n <= 16 ? 0 : n >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16)) - 1);
+    const __m512 sc = _mm512_set1_ps(scale), none = _mm512_set1_ps(-INFINITY);
+    const __m512 x0 = _mm512_mask_mul_ps(none, k0, _mm512_loadu_ps(sr), sc);
+    const __m512 x1 = _mm512_mask_mul_ps(none, k1, _mm512_loadu_ps(sr + 16), sc);
+    const float mx = std::max(m, _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)));
+    const __m512 mv = _mm512_set1_ps(mx);
+    const __m512 e0 = _mm512_maskz_mov_ps(k0, exp16(_mm512_sub_ps(x0, mv)));
+    const __m512 e1 = _mm512_maskz_mov_ps(k1, exp16(_mm512_sub_ps(x1, mv)));
+    _mm512_storeu_ps(sr, e0);
+    _mm512_storeu_ps(sr + 16, e1);
+    const float total = _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
+#else
+    float mx = m;
+    for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t] *= scale);
+    const float total = exp_sum(sr, n, mx);
+    std::fill(sr + n, sr + kBlock, 0.f);
+#endif
+    const float correction = std::exp(m - mx);  // exp(-inf) = 0 on the first block
+    l = l * correction + total;
+    m = mx;
+    return correction;
 }
 
 // A prompt's `count` queries (positions past..past+count-1) over their causal prefixes, one head. The
@@ -443,13 +509,14 @@ void prompt_head(const Cache& cache, const int32_t* table, int past, int count, 
                  int hk, float scale, float* out, size_t out_stride, std::vector<float>& work) {
     const int S = cache.S, last = past + count, blocks = (last + kBlock - 1) / kBlock;
     const size_t block_floats = static_cast<size_t>(kBlock) * S;
-    work.resize(2 * blocks * block_floats + static_cast<size_t>(kTile) * (S + 2 + kBlock));
+    work.resize(2 * blocks * block_floats + static_cast<size_t>(kTile) * (S + 3 + kBlock));
     float* kt = work.data();
     float* vf = kt + blocks * block_floats;
     float* acc = vf + blocks * block_floats;
     float* m = acc + kTile * S;
     float* l = m + kTile;
-    float* s = l + kTile;  // [kTile][kBlock]
+    float* corrections = l + kTile;
+    float* s = corrections + kTile;  // [kTile][kBlock]
     for (int j = 0; j < blocks; ++j) {
         const int valid = std::min(kBlock, last - j * kBlock);
         const uint8_t* kp = cache.key(table[j], hk);
@@ -474,17 +541,16 @@ void prompt_head(const Cache& cache, const int32_t* table, int past, int count, 
         for (int j = 0; j * kBlock < first + rows; ++j) {
             const int valid = std::min(kBlock, last - j * kBlock);
             tile_scores(q + i * q_stride, q_stride, rows, kt + j * block_floats, S, s);
+            int longest = 0;
             for (int r = 0; r < rows; ++r) {
-                const int n = std::min(valid, first + r + 1 - j * kBlock);  // causal: keys up to the query's own
-                if (n <= 0) continue;
-                float* sr = s + r * kBlock;
-                float mx = m[r];
-                for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t] *= scale);
-                const float correction = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first block
-                const float total = exp_sum(sr, n, mx);
-                tile_values(acc + r * S, correction, sr, n, vf + j * block_floats, S);
-                l[r] = l[r] * correction + total;
-                m[r] = mx;
+                const int n = std::max(0, std::min(valid, first + r + 1 - j * kBlock));  // causal: keys up to the query's own
+                corrections[r] = softmax_block(s + r * kBlock, n, scale, m[r], l[r]);
+                longest = std::max(longest, n);
+            }
+            for (int r = 0; r < rows; r += 2) {
+                const bool pair = r + 1 < rows;
+                tile_values(acc + r * S, S, corrections + r, s + r * kBlock, pair ? s + (r + 1) * kBlock : nullptr,
+                            longest, vf + j * block_floats);
             }
         }
         for (int r = 0; r < rows; ++r)
