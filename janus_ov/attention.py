@@ -154,22 +154,25 @@ def replace_paged_attention(model: ov.Model) -> bool:
     first = nodes[0]
     slot = ops.parameter([1], ov.Type.i32, name="attention_slot")
     slot.output(0).get_tensor().set_names({"attention_slot"})
-    book, rows = _bookkeeping(first, slot, width=_width(first))
-    # Every layer's output: rows R.. of its operation's output, their first q-width columns (the same
-    # for all layers: one token count, one query width).
-    zero = ops.constant(np.array([0], np.int64))
-    tokens = ops.gather(ops.shape_of(first.input_value(0), ov.Type.i64), zero, 0)
-    start = ops.concat([ops.convert(rows, ov.Type.i64), zero], 0)
+    size = shapes[0][1]
+    book = _bookkeeping(first, slot, size)
+    # Every layer's output: the q part of its operation's output (the same span for all layers: one
+    # token count, one query width), sliced as rows of one head, where the plugin copies row by row (a
+    # slice of the flat vector copied element by element: 32 ms over a 668-token prompt's layers).
+    i64, zero = ov.Type.i64, ops.constant(np.array([0], np.int64))
     width_q = first.input_value(0).get_partial_shape()[1].get_length()
-    stop = ops.concat([ops.add(ops.convert(rows, ov.Type.i64), tokens), ops.constant(np.array([width_q], np.int64))], 0)
-    step = ops.constant(np.array([1, 1], np.int64))
+    flat, heads = ops.constant(np.array([-1], np.int64)), ops.constant(np.array([-1, size], np.int64))
+    start = ops.gather(ops.shape_of(ops.reshape(book, heads, False), i64), zero, 0)
+    stop = ops.add(start, ops.gather(ops.shape_of(ops.reshape(first.input_value(0), heads, False), i64), zero, 0))
+    step, rows = ops.constant(np.array([1], np.int64)), ops.constant(np.array([-1, width_q], np.int64))
     block = BLOCK_SIZE["CPU"]
     for node, (kv_heads, size) in zip(nodes, shapes):
         layer = int(node.input_value(3).get_any_name().split(".")[-1])  # key_cache.<layer>
         scale = float(node.input_value(9).get_node().get_data())
-        qkv = ops.concat([node.input_value(i) for i in (0, 1, 2)], 1)
-        ours = _new_node(ops.concat([book, qkv], 0), layer, width_q // size, scale)
-        node.output(0).replace(ops.slice(ours, start, stop, step).output(0))
+        packed = ops.concat([book] + [ops.reshape(node.input_value(i), flat, False) for i in (0, 1, 2)], 0)
+        ours = _new_node(packed, layer, width_q // size, scale)
+        out = ops.slice(ops.reshape(ours, heads, False), start, stop, step, zero)
+        node.output(0).replace(ops.reshape(out, rows, False).output(0))
         keys, values = (node.input_value(i).get_node() for i in (3, 4))
         keys.set_element_type(ov.Type.u8)
         keys.set_partial_shape(ov.PartialShape([-1, kv_heads, block + 8, size]))
@@ -180,24 +183,21 @@ def replace_paged_attention(model: ov.Model) -> bool:
     return True
 
 
-def _width(node) -> int:
-    return sum(node.input_value(i).get_partial_shape()[1].get_length() for i in (0, 1, 2))
 
-
-def _bookkeeping(node, slot, width: int):
-    """The rows of bookkeeping every layer's operation reads (attention.cpp: PagedAttention), built
-    once from the PagedAttention inputs they replace; and their count R (i32 [1])."""
+def _bookkeeping(node, slot, size: int):
+    """The bookkeeping every layer's operation reads first (attention.cpp: PagedAttention), as f32,
+    built once from the PagedAttention inputs they replace, padded to whole rows of `size` (one head);
+    its first value is its padded length."""
     i32 = ov.Type.i32
     past, begins, blocks, tables = (node.input_value(i) for i in (5, 6, 7, 8))
-    first = ops.constant(np.array([0], np.int64))
+    first = ops.constant(np.array([0], np.int32))
     count = lambda x: ops.gather(ops.shape_of(x, i32), first, 0)  # noqa: E731 - [1] i32
     body = ops.concat([slot, count(node.input_value(0)), count(past), count(blocks), past, begins, tables, blocks], 0)
-    length, width_c = count(body), ops.constant(np.array([width], np.int32))
-    rows = ops.divide(ops.add(length, width_c), width_c)  # ceil((len + 1) / width): R itself goes first
-    padding = ops.subtract(ops.multiply(rows, width_c), ops.add(length, ops.constant(np.array([1], np.int32))))
-    flat = ops.convert(ops.concat([rows, body], 0), ov.Type.f32)
-    padded = ops.pad(flat, ops.constant(np.array([0], np.int32)), padding, "constant")
-    return ops.reshape(padded, ops.constant(np.array([-1, width], np.int64)), False), rows
+    row, one = ops.constant(np.array([size], np.int32)), ops.constant(np.array([1], np.int32))
+    length = ops.multiply(ops.divide(ops.add(count(body), row), row), row)  # ceil((len + 1) / size) * size
+    padding = ops.subtract(length, ops.add(count(body), one))
+    flat = ops.convert(ops.concat([length, body], 0), ov.Type.f32)
+    return ops.pad(flat, ops.constant(np.array([0], np.int32)), padding, "constant")
 
 
 def _heads(node) -> tuple[int, int] | None:
@@ -225,13 +225,13 @@ def _new_node(packed, layer: int, heads: int, scale: float):
     """Our operation on `packed`: read from a one-node IR (Python cannot construct a C++
     operation directly), then moved onto the language model's graph."""
     xml = ('<?xml version="1.0"?><net name="t" version="11"><layers>'
-           '<layer id="0" name="packed" type="Parameter" version="opset1"><data shape="?,?" element_type="f32"/>'
-           '<output><port id="0" precision="FP32"><dim>-1</dim><dim>-1</dim></port></output></layer>'
+           '<layer id="0" name="packed" type="Parameter" version="opset1"><data shape="?" element_type="f32"/>'
+           '<output><port id="0" precision="FP32"><dim>-1</dim></port></output></layer>'
            f'<layer id="1" name="attention" type="{OP_TYPE}" version="{OP_VERSION}">'
            f'<data layer="{layer}" heads="{heads}" scale="{scale!r}"/>'
-           '<input><port id="0"><dim>-1</dim><dim>-1</dim></port></input>'
-           '<output><port id="1" precision="FP32"><dim>-1</dim><dim>-1</dim></port></output></layer>'
-           '<layer id="2" name="out" type="Result" version="opset1"><input><port id="0"><dim>-1</dim><dim>-1</dim>'
+           '<input><port id="0"><dim>-1</dim></port></input>'
+           '<output><port id="1" precision="FP32"><dim>-1</dim></port></output></layer>'
+           '<layer id="2" name="out" type="Result" version="opset1"><input><port id="0"><dim>-1</dim>'
            '</port></input></layer></layers><edges><edge from-layer="0" from-port="0" to-layer="1" to-port="0"/>'
            '<edge from-layer="1" from-port="1" to-layer="2" to-port="0"/></edges></net>')
     with _lock:
