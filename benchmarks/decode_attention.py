@@ -27,12 +27,12 @@ import numpy as np
 
 
 def load() -> ctypes.CDLL:
-    """The runtime's own build of janus_ov/attention.cpp (built now if this machine has none)."""
-    from janus_ov import attention
+    """The runtime's own build of janus_ov/native.cpp (built now if this machine has none)."""
+    from janus_ov import native
 
-    path = attention.library(None)
+    path = native.library(None)
     if path is None:
-        raise SystemExit("attention.cpp cannot be built here (see the message above)")
+        raise SystemExit("native.cpp cannot be built here (see the message above)")
     dll = ctypes.CDLL(str(path))
     p, i = ctypes.c_void_p, ctypes.c_int
     dll.janus_decode_attention.argtypes = [p, i, i, i, p, p, i, p, p, p, ctypes.c_float, p]

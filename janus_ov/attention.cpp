@@ -683,8 +683,6 @@ private:
 
 }  // namespace janus
 
-OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({std::make_shared<ov::OpExtension<janus::PagedAttention>>()}));
-
 extern "C" {
 
 // A new slot for one request's caches; its number goes into the graph's bookkeeping.

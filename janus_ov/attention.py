@@ -6,39 +6,28 @@ for ours (attention.cpp): the same inputs and cache layout, a faster kernel for 
 most -- one new token for each of several sequences, as every CFG image step is (the plugin's
 attention costs 2.5-3x ours there; figures: benchmarks/results/design-measurements.md).
 
-The operation is C++ built here, at first use on a machine, with the system's g++ against the
-headers and TBB that the OpenVINO wheel ships (a few seconds, once: the library is kept beside the
-compiled-model cache, keyed by the source, the OpenVINO version and this CPU). Without a compiler, on
-CPUs without AVX-512, or where a build fails, the plugin's PagedAttention stays: the same results.
+The operation is C++ (attention.cpp), built and loaded by native.py. Without a compiler, on CPUs
+without AVX-512, or where a build fails, the plugin's PagedAttention stays: the same results.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import os
-import subprocess
-import tempfile
-import threading
 import weakref
-from pathlib import Path
 
 import numpy as np
 import openvino as ov
 from openvino import opset13 as ops
 
+from . import native
 from .kv_cache import BLOCK_SIZE
-from .tuning import cpu_flags, machine_key
+from .tuning import cpu_flags
 
-SOURCE = Path(__file__).with_name("attention.cpp")
-OP_TYPE, OP_VERSION = "JanusPagedAttention", "janus_ov"
+OP_TYPE = "JanusPagedAttention"
 # Plugin settings that change the KV cache's layout from the one attention.cpp reads and writes.
 CACHE_SETTINGS = ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION", "KEY_CACHE_QUANT_MODE",
                   "VALUE_CACHE_QUANT_MODE", "KEY_CACHE_GROUP_SIZE", "VALUE_CACHE_GROUP_SIZE")
 
-_lock = threading.Lock()
-_reader = None  # a Core that reads our operation's IR (False: the library cannot be had here)
-_dll = None  # the library, for its slot registry
 _kept: dict = {}  # (slot, layer) -> the (keys, values) tensors registered: alive while registered
 
 
@@ -52,63 +41,9 @@ def wanted(device: str, config: dict) -> bool:
             and config.get("INFERENCE_PRECISION_HINT") == "f32" and os.environ.get("JANUS_OV_ATTENTION", "own") == "own")
 
 
-def library(build_dir: str | Path | None) -> Path | None:
-    """This machine's build of attention.cpp (built now if there is none), or None if it cannot be
-    built here. build_dir: where builds are kept (None: a temporary folder, for this process)."""
-    import openvino
-
-    root = Path(openvino.__file__).parent
-    key = hashlib.sha256(SOURCE.read_bytes() + machine_key().encode()).hexdigest()[:16]
-    folder = Path(build_dir) if build_dir else Path(tempfile.gettempdir()) / f"janus-ov-{os.getuid()}"
-    target = folder / f"libjanus_attention-{key}.so"
-    if target.is_file():
-        return target
-    core_lib = sorted((root / "libs").glob("libopenvino.so.*"))
-    tbb_lib = sorted((root / "libs").glob("libtbb.so.*"))
-    if not (core_lib and tbb_lib and (root / "include" / "openvino" / "op" / "op.hpp").is_file()):
-        print("janus_ov: this OpenVINO wheel has no headers or libraries to build attention.cpp with; "
-              "using the plugin's PagedAttention.")
-        return None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f".{target.name}.{os.getpid()}.{threading.get_ident()}"
-        subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd",
-                        f"-I{root / 'include'}", str(SOURCE), f"-L{root / 'libs'}", f"-l:{core_lib[0].name}",
-                        f"-l:{tbb_lib[0].name}", f"-Wl,-rpath,{root / 'libs'}", "-o", str(partial)],
-                       check=True, capture_output=True, text=True, timeout=300)
-        os.replace(partial, target)  # whole or absent: a reader never loads a half-written library
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", None) or err
-        print(f"janus_ov: could not build attention.cpp ({str(detail).strip()[:300]}); using the plugin's PagedAttention.")
-        return None
-    return target
-
-
 def prepare(device: str, config: dict) -> bool:
-    """Build (if need be) and load our operation where `wanted`. True if it is loaded.
-
-    It is loaded into a Core of this module's own, which only reads our operation's one-node IR
-    (`_new_node`), never into the Core that compiles: OpenVINO's IR reader shares its extensions
-    between threads, so an extension in the compiling Core crashed the runtime's parallel compiles.
-    The compiled model needs none: the plugin runs the node's own `evaluate`."""
-    global _reader, _dll
-    if not wanted(device, config):
-        return False
-    with _lock:
-        if _reader is None:
-            path = library(config.get("CACHE_DIR"))
-            if path is None:
-                _reader = False
-                return False
-            reader = ov.Core()
-            reader.add_extension(str(path))
-            # The same file OpenVINO loaded, opened here too for its slot registry: the same loaded copy.
-            _dll = ctypes.CDLL(str(path))
-            _dll.janus_attention_open.restype = ctypes.c_int
-            _dll.janus_attention_bind.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                                  ctypes.c_int64, ctypes.c_int, ctypes.c_int]
-            _reader = reader
-    return bool(_reader)
+    """Build (if need be) and load our operation where `wanted` (native.load). True if it is loaded."""
+    return wanted(device, config) and native.load(config.get("CACHE_DIR")) is not None
 
 
 def bound(request: ov.InferRequest, tensors: dict) -> None:
@@ -123,7 +58,7 @@ def bound(request: ov.InferRequest, tensors: dict) -> None:
         return
     slot = getattr(request, "janus_attention_slot", None)
     if slot is None:
-        slot = request.janus_attention_slot = _dll.janus_attention_open()
+        slot = request.janus_attention_slot = native.loaded().janus_attention_open()
         request.set_tensor("attention_slot", ov.Tensor(np.array([slot], np.int32)))
         weakref.finalize(request, _close, slot)
     for name, keys in tensors.items():
@@ -132,11 +67,12 @@ def bound(request: ov.InferRequest, tensors: dict) -> None:
             values = tensors[f"value_cache.{layer}"]
             blocks, kv_heads, _, size = keys.shape
             _kept[(slot, layer)] = (keys, values)
-            _dll.janus_attention_bind(slot, layer, keys.data.ctypes.data, values.data.ctypes.data, blocks, kv_heads, size)
+            native.loaded().janus_attention_bind(slot, layer, keys.data.ctypes.data, values.data.ctypes.data, blocks, kv_heads,
+                                                 size)
 
 
 def _close(slot: int) -> None:
-    _dll.janus_attention_close(slot)
+    native.loaded().janus_attention_close(slot)
     for key in [k for k in _kept if k[0] == slot]:
         del _kept[key]
 
@@ -149,7 +85,7 @@ def replace_paged_attention(model: ov.Model) -> bool:
     the model untouched, if it is not loaded or a node is not one the kernel takes."""
     nodes = [op for op in model.get_ordered_ops() if op.get_type_name() == "PagedAttentionExtension"]
     shapes = [_heads(node) for node in nodes]
-    if not nodes or any(s is None for s in shapes) or not _reader:
+    if not nodes or any(s is None for s in shapes) or native.loaded() is None:
         return False
     first = nodes[0]
     slot = ops.parameter([1], ov.Type.i32, name="attention_slot")
@@ -222,22 +158,7 @@ def _heads(node) -> tuple[int, int] | None:
 
 
 def _new_node(packed, layer: int, heads: int, scale: float):
-    """Our operation on `packed`: read from a one-node IR (Python cannot construct a C++
-    operation directly), then moved onto the language model's graph."""
-    xml = ('<?xml version="1.0"?><net name="t" version="11"><layers>'
-           '<layer id="0" name="packed" type="Parameter" version="opset1"><data shape="?" element_type="f32"/>'
-           '<output><port id="0" precision="FP32"><dim>-1</dim></port></output></layer>'
-           f'<layer id="1" name="attention" type="{OP_TYPE}" version="{OP_VERSION}">'
-           f'<data layer="{layer}" heads="{heads}" scale="{scale!r}"/>'
-           '<input><port id="0"><dim>-1</dim></port></input>'
-           '<output><port id="1" precision="FP32"><dim>-1</dim></port></output></layer>'
-           '<layer id="2" name="out" type="Result" version="opset1"><input><port id="0"><dim>-1</dim>'
-           '</port></input></layer></layers><edges><edge from-layer="0" from-port="0" to-layer="1" to-port="0"/>'
-           '<edge from-layer="1" from-port="1" to-layer="2" to-port="0"/></edges></net>')
-    with _lock:
-        template = _reader.read_model(xml, ov.Tensor(ov.Type.u8, [0]))  # a weights tensor: `xml` is the IR's text
-    node = next(op for op in template.get_ordered_ops() if op.get_type_name() == OP_TYPE)
-    node.set_arguments([packed.output(0)])
-    node.validate_and_infer_types()
+    """Our operation on `packed`, moved onto the language model's graph."""
+    node = native.new_node(OP_TYPE, {"layer": layer, "heads": heads, "scale": repr(scale)}, [packed])
     node.set_friendly_name(f"attention.{layer}")
     return node

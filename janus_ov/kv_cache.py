@@ -22,18 +22,23 @@ import openvino as ov
 BLOCK_SIZE = {"CPU": 32, "GPU": 16}
 
 
-def paged(model: ov.Model, device: str, config: dict) -> ov.Model:
-    """The stateful language model (read from its IR) as a PagedAttention model, in place. Where
-    attention.prepare loads it, our own attention operation takes the plugin's place (same cache
-    layout; its build is kept beside the compiled-model cache, config's CACHE_DIR). Not while other
-    threads read IRs: see attention.prepare."""
+def paged(model: ov.Model, device: str, config: dict, role: str = "all") -> ov.Model:
+    """The stateful language model (read from its IR) as a PagedAttention model, in place, with our own
+    operations where they are loaded (same cache layout; their build is kept beside the compiled-model
+    cache, config's CACHE_DIR). role: which calls the model runs --
+    "all": our attention (attention.py) in place of the plugin's;
+    "steps": a prompt model runs the long calls: our int4 matmuls too (matmul.py);
+    "prompts": the plugin's own operations (theirs are the faster on long calls).
+    Not while other threads read IRs: see native.py."""
     from openvino._offline_transformations import paged_attention_transformation
 
-    from . import attention
+    from . import attention, matmul
 
     paged_attention_transformation(model)
-    if attention.prepare(device, config):
+    if role != "prompts" and attention.prepare(device, config):
         attention.replace_paged_attention(model)
+    if role == "steps" and matmul.prepare(device, config):
+        matmul.replace_int4_matmuls(model)
     return model
 
 

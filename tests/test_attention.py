@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from janus_ov import attention
+from janus_ov import native
 from janus_ov.kv_cache import PagedKVCache, bind_tensors, compile_paged
 from janus_ov.runtime import compile_config, streaming_config
 from janus_ov.tuning import cpu_flags
@@ -137,10 +137,10 @@ def test_rebinding_tells_the_operation_the_new_tensors(models):
 
 
 def test_the_library_is_built_once_and_whole(tmp_path):
-    first = attention.library(tmp_path)
+    first = native.library(tmp_path)
     assert first is not None and first.parent == tmp_path
     stamp = first.stat().st_mtime_ns
-    assert attention.library(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert native.library(tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no partial build left behind
 
 
@@ -148,9 +148,10 @@ def test_without_a_compiler_the_plugins_operation_serves(tiny_ir_lm_int4, tmp_pa
     """A machine without g++ (a bare container): the build fails with a message, the language model
     compiles with the plugin's PagedAttention and serves as before."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert attention.library(tmp_path / "build") is None
-    assert "using the plugin's PagedAttention" in capsys.readouterr().out
-    monkeypatch.setattr(attention, "_reader", None)  # as in a new process
+    assert native.library(tmp_path / "build") is None
+    assert "using the plugin's own operations" in capsys.readouterr().out
+    monkeypatch.setattr(native, "_reader", None)  # as in a new process
+    monkeypatch.setattr(native, "_dll", None)
     core = ov.Core()
     model = core.read_model(str(tiny_ir_lm_int4 / "language_model.xml"))
     config = streaming_config(model, "CPU", compile_config("CPU", {}, tmp_path / "build"))
@@ -178,16 +179,16 @@ def test_a_shared_library_in_a_shed_folder_keeps_its_relocations(tmp_path):
     import subprocess
     import sys
 
-    library = attention.library(None)
+    library = native.library(None)
     copy = tmp_path / library.name
     shutil.copy(library, copy)
     code = f"""
 import openvino as ov
 from openvino import opset13 as ops
-from janus_ov import attention
+from janus_ov import attention, native
 from janus_ov.memory import drop_mapped_pages
-attention._reader = ov.Core()
-attention._reader.add_extension({str(copy)!r})
+native._reader = ov.Core()
+native._reader.add_extension({str(copy)!r})
 drop_mapped_pages([{str(tmp_path)!r}])
 packed = ops.parameter([-1, -1], ov.Type.f32)
 node = attention._new_node(packed, 0, 4, 0.25)  # the operation's factory and virtual tables, from the library

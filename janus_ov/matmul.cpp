@@ -1,0 +1,271 @@
+// The language model's int4 matmuls for few rows, as an OpenVINO operation of our own that takes the
+// place of the CPU plugin's compressed FullyConnected in the model that runs decode and image steps
+// (matmul.py rewires the graph; prompts keep the plugin's kernels in a model of their own). A step
+// reads every weight once for 1-8 rows, so it is bound by how fast the weights stream from memory;
+// the plugin's int4 kernels stream them at about half of what the memory gives on the machines we
+// measured (figures: benchmarks/results/design-measurements.md).
+//
+// Weights: NNCF's INT4_ASYM with groups of 64 along the input channels, w = (u - zero point) * scale,
+// u and the zero point u4, the scale f16. Repacked once, at load, for AVX-512 VNNI: per block of 16
+// output channels and per group, 8 runs of 64 bytes; byte 4c + i of run p holds input channels
+// 8p + i (low nibble) and 8p + 4 + i (high nibble) of output channel c. One vpdpbusd then adds four
+// input channels of 16 output channels, the activations broadcast four bytes at a time, so a run's
+// two halves serve every row with one load and no horizontal sums.
+// Activations: quantized per row and group to int8 on the fly (x ~ q * a, symmetric), as the plugin's
+// own dynamic quantization does with its int4 kernels; a group's dot product of u and q is an exact
+// integer, so a row's output is sum over groups of scale * a * (u . q - zero point * sum q).
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include <openvino/op/op.hpp>
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+
+namespace janus {
+
+constexpr int kGroup = 64;    // input channels per scale
+constexpr int kChannels = 16; // output channels per block (one vector of int32 sums)
+constexpr int kRows = 8;      // rows per pass over a block's weights
+
+struct Weights {
+    int N = 0, K = 0;
+    std::unique_ptr<uint8_t, decltype(&std::free)> u{nullptr, std::free};         // [N/16][K/64][8][64]
+    std::unique_ptr<uint16_t, decltype(&std::free)> scale{nullptr, std::free};    // [N/16][K/64][16] f16
+    std::unique_ptr<uint8_t, decltype(&std::free)> zero{nullptr, std::free};      // [N/16][K/64][16]
+    int groups() const { return K / kGroup; }
+};
+
+template <typename T>
+T* aligned(size_t count) {
+    return static_cast<T*>(std::aligned_alloc(64, (count * sizeof(T) + 63) / 64 * 64));
+}
+
+// OpenVINO's u4 (two to a byte, the lower index in the low nibble): u [N, K], zero [N, K/64], scale
+// [N, K/64] f16, repacked.
+std::shared_ptr<Weights> pack(const uint8_t* u, const uint16_t* scale, const uint8_t* zero, int N, int K) {
+    auto w = std::make_shared<Weights>();
+    w->N = N, w->K = K;
+    const int groups = K / kGroup, blocks = N / kChannels;
+    w->u.reset(aligned<uint8_t>(static_cast<size_t>(N) * K / 2));
+    w->scale.reset(aligned<uint16_t>(static_cast<size_t>(N) * groups));
+    w->zero.reset(aligned<uint8_t>(static_cast<size_t>(N) * groups));
+    const auto nibble = [](const uint8_t* p, size_t i) { return static_cast<uint8_t>((p[i / 2] >> (i % 2 * 4)) & 15); };
+    tbb::parallel_for(0, blocks, [&](int b) {
+        for (int g = 0; g < groups; ++g) {
+            uint8_t* out = w->u.get() + (static_cast<size_t>(b) * groups + g) * kGroup * kChannels / 2;
+            for (int p = 0; p < kGroup / 8; ++p)
+                for (int c = 0; c < kChannels; ++c) {
+                    // Source bytes s0..s3 hold channels 8p..8p+7 (s0 = e0 | e1 << 4, ...); out_i = e_i | e_{4+i} << 4.
+                    const uint8_t* s = u + (static_cast<size_t>(b * kChannels + c) * K + g * kGroup + p * 8) / 2;
+                    uint8_t* o = out + p * 64 + c * 4;
+                    o[0] = (s[0] & 15) | (s[2] & 15) << 4;
+                    o[1] = (s[0] >> 4) | (s[2] & 0xF0);
+                    o[2] = (s[1] & 15) | (s[3] & 15) << 4;
+                    o[3] = (s[1] >> 4) | (s[3] & 0xF0);
+                }
+            for (int c = 0; c < kChannels; ++c) {
+                const size_t at = static_cast<size_t>(b * kChannels + c) * groups + g;
+                w->scale.get()[(static_cast<size_t>(b) * groups + g) * kChannels + c] = scale[at];
+                w->zero.get()[(static_cast<size_t>(b) * groups + g) * kChannels + c] = nibble(zero, at);
+            }
+        }
+    });
+    return w;
+}
+
+// One row's activations as int8 per group of 64: q, a (the group's step) and a * sum q.
+void quantize_row(const float* x, int K, int8_t* q, float* step, float* step_sum) {
+    for (int g = 0; g < K / kGroup; ++g) {
+        const float* xg = x + g * kGroup;
+        __m512 v[4], top = _mm512_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            v[i] = _mm512_loadu_ps(xg + 16 * i);
+            top = _mm512_max_ps(top, _mm512_abs_ps(v[i]));
+        }
+        const float mx = _mm512_reduce_max_ps(top), a = mx > 0.f ? mx / 127.f : 1.f;
+        const __m512 inv = _mm512_set1_ps(1.f / a);
+        __m512i sum = _mm512_setzero_si512();
+        for (int i = 0; i < 4; ++i) {
+            const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));  // to nearest
+            sum = _mm512_add_epi32(sum, r);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(q + g * kGroup + 16 * i), _mm512_cvtsepi32_epi8(r));
+        }
+        step[g] = a;
+        step_sum[g] = a * static_cast<float>(_mm512_reduce_add_epi32(sum));
+    }
+}
+
+struct Activations {
+    int rows = 0, K = 0;
+    std::vector<int8_t> q;  // [rows][K]
+    std::vector<float> step, step_sum;  // [rows][K/64]
+};
+
+// Output channels [16 b0, 16 b1) of R rows from `row` on: y[r][n] for n in the blocks.
+template <int R>
+void blocks(const Weights& w, const Activations& x, int row, int b0, int b1, float* y, size_t y_stride) {
+    const int groups = w.groups(), K = w.K;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int b = b0; b < b1; ++b) {
+        __m512 acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+        const size_t first = static_cast<size_t>(b) * groups;
+        for (int g = 0; g < groups; ++g) {
+            const uint8_t* u = w.u.get() + (first + g) * (kGroup * kChannels / 2);
+            for (int line = 0; line < 8; ++line) _mm_prefetch(reinterpret_cast<const char*>(u + 2048 + 64 * line), _MM_HINT_T0);
+            __m512i dot[R];
+            for (int r = 0; r < R; ++r) dot[r] = _mm512_setzero_si512();
+            for (int p = 0; p < kGroup / 8; ++p) {
+                const __m512i v = _mm512_load_si512(u + 64 * p);
+                const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                for (int r = 0; r < R; ++r) {
+                    const int8_t* q = x.q.data() + static_cast<size_t>(row + r) * K + g * kGroup + 8 * p;
+                    int32_t q0, q1;
+                    std::memcpy(&q0, q, 4);
+                    std::memcpy(&q1, q + 4, 4);
+                    dot[r] = _mm512_dpbusd_epi32(dot[r], lo, _mm512_set1_epi32(q0));
+                    dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(q1));
+                }
+            }
+            const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.scale.get() + (first + g) * kChannels)));
+            const __m512 zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(w.zero.get() + (first + g) * kChannels))));
+            const __m512 zero_scale = _mm512_mul_ps(zero, scale);
+            for (int r = 0; r < R; ++r) {
+                const size_t at = static_cast<size_t>(row + r) * groups + g;
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(scale, _mm512_set1_ps(x.step[at])), acc[r]);
+                acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(x.step_sum[at]), acc[r]);
+            }
+        }
+        for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + (row + r) * y_stride + b * kChannels, acc[r]);
+    }
+}
+
+void rows_of_blocks(int R, const Weights& w, const Activations& x, int row, int b0, int b1, float* y) {
+    switch (R) {
+    case 1: return blocks<1>(w, x, row, b0, b1, y, w.N);
+    case 2: return blocks<2>(w, x, row, b0, b1, y, w.N);
+    case 3: return blocks<3>(w, x, row, b0, b1, y, w.N);
+    case 4: return blocks<4>(w, x, row, b0, b1, y, w.N);
+    case 5: return blocks<5>(w, x, row, b0, b1, y, w.N);
+    case 6: return blocks<6>(w, x, row, b0, b1, y, w.N);
+    case 7: return blocks<7>(w, x, row, b0, b1, y, w.N);
+    default: return blocks<8>(w, x, row, b0, b1, y, w.N);
+    }
+}
+
+// y [rows, N] = x [rows, K] times the weights, transposed. Threads take runs of output blocks; within
+// a run, rows go 8 at a time over each few blocks, so the blocks' weights come from memory once.
+void multiply(const Weights& w, const float* x, int rows, float* y) {
+    thread_local Activations mine;
+    Activations& a = mine;  // this thread's: a thread_local named inside the lambdas would be each worker's own
+    a.rows = rows, a.K = w.K;
+    a.q.resize(static_cast<size_t>(rows) * w.K);
+    a.step.resize(static_cast<size_t>(rows) * w.groups());
+    a.step_sum.resize(a.step.size());
+    tbb::parallel_for(0, rows, [&](int r) {
+        quantize_row(x + static_cast<size_t>(r) * w.K, w.K, a.q.data() + static_cast<size_t>(r) * w.K,
+                     a.step.data() + static_cast<size_t>(r) * w.groups(), a.step_sum.data() + static_cast<size_t>(r) * w.groups());
+    });
+    const int all = w.N / kChannels, few = rows <= kRows ? all : 4;  // blocks per pass: a pass's weights stay in cache
+    tbb::parallel_for(tbb::blocked_range<int>(0, all, 4), [&](const tbb::blocked_range<int>& range) {
+        for (int b = range.begin(); b < range.end(); b += few) {
+            const int end = std::min(range.end(), b + few);
+            for (int row = 0; row < rows; row += kRows) rows_of_blocks(std::min(kRows, rows - row), w, a, row, b, end, y);
+        }
+    }, tbb::static_partitioner());
+}
+
+// ---- weights handed over from Python (matmul.py) ----
+// pack() returns an id; an operation reading that id takes a share of the weights, so they live as
+// long as some graph holds an operation on them, and `forget` drops the registry's own share.
+std::mutex weights_lock;
+std::map<int64_t, std::shared_ptr<Weights>> registered;
+int64_t next_id = 1;
+
+std::shared_ptr<Weights> registered_weights(int64_t id) {
+    std::lock_guard<std::mutex> guard(weights_lock);
+    const auto it = registered.find(id);
+    return it == registered.end() ? nullptr : it->second;
+}
+
+// Input: x [..., K] f32; output [..., N] f32. Attributes: the weights' id, N and K.
+class Int4MatMul : public ov::op::Op {
+public:
+    OPENVINO_OP("JanusInt4MatMul", "janus_ov");
+
+    Int4MatMul() = default;
+    Int4MatMul(const ov::Output<ov::Node>& x, std::shared_ptr<Weights> weights, int64_t id)
+        : Op({x}), m_weights(std::move(weights)), m_id(id) {
+        constructor_validate_and_infer_types();
+    }
+    void validate_and_infer_types() override {
+        auto shape = get_input_partial_shape(0);
+        NODE_VALIDATION_CHECK(this, m_weights, "no int4 weights registered under id ", m_id);
+        NODE_VALIDATION_CHECK(this, shape.rank().is_static() && shape.size() >= 1 &&
+                                        shape[shape.size() - 1].compatible(m_weights->K), "input's last dimension is not ", m_weights->K);
+        shape[shape.size() - 1] = m_weights->N;
+        set_output_type(0, ov::element::f32, shape);
+    }
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<Int4MatMul>(args.at(0), m_weights, m_id);
+    }
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("weights", m_id);
+        if (!m_weights) m_weights = registered_weights(m_id);  // read from an IR: take a share
+        return true;
+    }
+    bool has_evaluate() const override { return true; }
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        auto shape = inputs[0].get_shape();
+        if (shape.empty() || shape.back() != static_cast<size_t>(m_weights->K)) return false;
+        const size_t rows = ov::shape_size(shape) / shape.back();
+        shape.back() = m_weights->N;
+        outputs[0].set_shape(shape);
+        if (rows) multiply(*m_weights, inputs[0].data<const float>(), static_cast<int>(rows), outputs[0].data<float>());
+        return true;
+    }
+
+private:
+    std::shared_ptr<Weights> m_weights;
+    int64_t m_id = 0;
+};
+
+}  // namespace janus
+
+extern "C" {
+
+// u: [N, K] u4, zero: [N, K/64] u4 (OpenVINO's packing), scale: [N, K/64] f16 bits. K a multiple of
+// 64, N of 16 (matmul.py checks). Returns the weights' id.
+int64_t janus_matmul_pack(const uint8_t* u, const uint16_t* scale, const uint8_t* zero, int N, int K) {
+    auto weights = janus::pack(u, scale, zero, N, K);
+    std::lock_guard<std::mutex> guard(janus::weights_lock);
+    janus::registered[janus::next_id] = std::move(weights);
+    return janus::next_id++;
+}
+
+void janus_matmul_forget(int64_t id) {
+    std::lock_guard<std::mutex> guard(janus::weights_lock);
+    janus::registered.erase(id);
+}
+
+// For tests and benchmarks: y [rows, N] = x [rows, K] times registered weights `id`.
+int janus_matmul(int64_t id, const float* x, int rows, float* y) {
+    const auto weights = janus::registered_weights(id);
+    if (!weights) return 1;
+    janus::multiply(*weights, x, rows, y);
+    return 0;
+}
+}
+#endif  // AVX-512 VNNI

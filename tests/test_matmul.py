@@ -1,0 +1,171 @@
+"""Our int4 matmul operation (janus_ov/matmul.cpp) in place of the CPU plugin's, for steps.
+
+Checked against a numpy reference of what the kernel documents (NNCF's INT4_ASYM weights, group 64;
+activations quantized to int8 per row and group), against the plugin's own compressed MatMul on the
+same weights, and in the runtime: steps on ours, prompts on the plugin's prompt model, one cache.
+Skipped on CPUs without AVX-512 VNNI (the runtime keeps the plugin's matmuls there) and without g++.
+"""
+
+import shutil
+
+import nncf
+import numpy as np
+import openvino as ov
+import pytest
+from openvino import opset13 as ops
+
+from janus_ov import matmul
+from janus_ov.tuning import cpu_flags
+
+STEPS = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "64"}
+pytestmark = [pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= cpu_flags(), reason="the operation is used on "
+                                 "CPUs with AVX-512 VNNI only"),
+              pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to build it with (the runtime then keeps "
+                                 "the plugin's matmuls)")]
+
+
+def compressed(shapes, mode=nncf.CompressWeightsMode.INT4_ASYM, group=64, seed=0) -> ov.Model:
+    """x [-1, -1, K] times each (N, K) weight of `shapes` (one output each), compressed by NNCF as
+    compress.py compresses the language model."""
+    rng = np.random.default_rng(seed)
+    x = ops.parameter([-1, -1, shapes[0][1]], np.float32, name="x")
+    outs = []
+    for n, k in shapes:
+        w = ops.constant((rng.standard_normal((n, k)) * 0.05).astype(np.float16))
+        source = x if k == shapes[0][1] else ops.parameter([-1, -1, k], np.float32)
+        outs.append(ops.matmul(source, ops.convert(w, np.float32), False, True))
+    params = [x] + [o.input_value(0).get_node() for o in outs if o.input_value(0).get_node() is not x]
+    model = ov.Model(outs, params)
+    if mode == nncf.CompressWeightsMode.INT8_ASYM:  # by channel, nothing to choose
+        return nncf.compress_weights(model, mode=mode)
+    return nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, all_layers=True)
+
+
+def ours(model: ov.Model) -> int:
+    assert matmul.prepare("CPU", STEPS)
+    return matmul.replace_int4_matmuls(model)
+
+
+def reference(node, x: np.ndarray) -> np.ndarray:
+    """A compressed MatMul's output as the kernel documents it, from the node's own constants:
+    w = (u - z) * s, x quantized symmetrically to int8 per row and group of 64, its step in f32 as the
+    kernel takes it (ties to even, as the CPU rounds)."""
+    u, scale, zero, n, k = matmul._int4_weights(node)
+    u = np.stack([u & 15, u >> 4], -1).reshape(n, k // 64, 64).astype(np.float64)
+    zero = np.stack([zero & 15, zero >> 4], -1).reshape(n, k // 64, 1).astype(np.float64)
+    w = (u - zero) * scale.view(np.float16).astype(np.float64).reshape(n, k // 64, 1)
+    rows = x.reshape(-1, k // 64, 64).astype(np.float32)
+    step = np.abs(rows).max(-1, keepdims=True) / np.float32(127)
+    step = np.where(step > 0, step, np.float32(1))
+    q = np.rint(rows * (np.float32(1) / step)).astype(np.float64) * step
+    return (q.reshape(-1, k) @ w.reshape(n, k).T).reshape(*x.shape[:-1], n)
+
+
+def matmuls(model: ov.Model) -> list:
+    """The model's MatMul nodes, in the order of its outputs."""
+    nodes = [r.input_value(0).get_node() for r in model.get_results()]
+    return [n for n in nodes if n.get_type_name() == "MatMul"]
+
+
+def relative(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+SHAPES = [(48, 192), (16, 64), (32, 192)]  # 3 channel blocks x 3 groups, 1 x 1, 2 x 3
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 21])
+def test_it_computes_what_it_documents_and_what_the_plugins_computes(rows):
+    """Every row count the kernel treats apart (one pass of <= 8 rows; more in passes of 8 over each
+    run of weight blocks), weights of 1 and 3 groups and 1 to 3 channel blocks, two leading dims."""
+    model, fresh = compressed(SHAPES), compressed(SHAPES)  # the same weights: one to take over, one to read
+    assert ours(model) == 3 and not matmuls(model)
+    mine = ov.Core().compile_model(model, "CPU", STEPS)
+    plugin = ov.Core().compile_model(compressed(SHAPES), "CPU", STEPS)
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((1, rows, 192)) * rng.uniform(0.1, 10, (1, rows, 1))).astype(np.float32)
+    x[0, 0, :64] = 0  # a group of zeros: a step of 0 is no division by zero
+    x64 = rng.standard_normal((1, rows, 64)).astype(np.float32)
+    got, theirs = mine({0: x, 1: x64}), plugin({0: x, 1: x64})
+    assert len(matmuls(fresh)) == 3
+    for i, node in enumerate(matmuls(fresh)):
+        expected = reference(node, x if SHAPES[i][1] == 192 else x64)
+        assert got[i].shape == (1, rows, SHAPES[i][0])
+        assert relative(got[i], expected) < 1e-5, i
+        assert relative(got[i], theirs[i]) < 1e-3, i  # the plugin quantizes activations much as we do
+
+
+def test_only_our_recipes_matmuls_are_taken():
+    """INT4_ASYM with groups of 64 and output channels in 16s: ours. Symmetric int4, groups of 128,
+    int8 by channel and 40 output channels keep the plugin's MatMul, and compute as before."""
+    C = nncf.CompressWeightsMode
+    assert ours(compressed([(32, 128)])) == 1
+    for model in (compressed([(32, 128)], C.INT4_SYM), compressed([(32, 256)], group=128),
+                  compressed([(32, 128)], C.INT8_ASYM), compressed([(40, 128)])):
+        assert ours(model) == 0 and len(matmuls(model)) == 1
+
+
+def test_the_weights_live_while_a_compiled_model_holds_them():
+    """The graph's nodes own the repacked weights (the registry lets go once they are read): a compiled
+    model outlives the ov.Model it came from, and compiled twice from one graph they share them."""
+    import gc
+
+    model = compressed(SHAPES)
+    want = [reference(n, np.ones((1, 2, n.input_value(0).get_partial_shape()[2].get_length()), np.float32))
+            for n in matmuls(compressed(SHAPES))]
+    ours(model)
+    first, second = (ov.Core().compile_model(model, "CPU", STEPS) for _ in range(2))
+    del model
+    gc.collect()
+    inputs = {0: np.ones((1, 2, 192), np.float32), 1: np.ones((1, 2, 64), np.float32)}
+    assert len(want) == 3
+    for compiled in (first, second):
+        out = compiled(inputs)
+        for i, w in enumerate(want):
+            assert relative(out[i], w) < 1e-5
+
+
+def test_wanted_on_avx512_vnni_with_f32_activations(monkeypatch):
+    flags = {"avx2", "avx512f", "avx512bw", "avx512_vnni"}
+    assert matmul.wanted("CPU", STEPS, flags)
+    assert not matmul.wanted("CPU", STEPS, {"avx2", "avx_vnni"})  # AVX2 machines keep the plugin's
+    assert not matmul.wanted("CPU", {"INFERENCE_PRECISION_HINT": "bf16"}, flags)
+    assert not matmul.wanted("GPU", STEPS, flags)
+    monkeypatch.setenv("JANUS_OV_MATMUL", "plugin")
+    assert not matmul.wanted("CPU", STEPS, flags)
+
+
+def test_the_runtime_runs_steps_on_ours_and_prompts_on_the_plugins(tiny_ir_lm_int4, monkeypatch):
+    """On this CPU the runtime compiles the language model twice: steps with our matmuls (and our
+    attention), prompts with the plugin's own operations, over one cache. Every output of a chat-like
+    run (a prompt, steps, a follow-up) matches one model of the plugin's matmuls doing it all; with
+    JANUS_OV_MATMUL=plugin there is that one model."""
+    from janus_ov import runtime as rt
+
+    ir = ov.Core().read_model(tiny_ir_lm_int4 / "language_model.xml")
+    width = ir.input("inputs_embeds").get_partial_shape()[-1].get_length()
+
+    def run():
+        runtime = rt.Runtime(tiny_ir_lm_int4, max_concurrency=1, warm_up=False)
+        rng = np.random.default_rng(3)
+        with runtime.context() as ctx:
+            ctx.start([170, 45])
+            used, outputs = [], []
+            for lengths in ([90, 40], [1, 1], [1, 1], [7, 1], [1, 0], [66, 1]):
+                embeds = rng.standard_normal((sum(lengths), width)).astype(np.float32)
+                used.append(ctx.lm_part(sum(lengths)))
+                outputs.append(np.array(ctx.language_model(embeds, lengths)))
+        return runtime, used, outputs
+
+    two, used, got = run()
+    types = {name: {op.get_type_name() for op in model.get_ops()} for name, (model, _) in two._paged.items()}
+    assert matmul.OP_TYPE in types["language_model"] and "JanusPagedAttention" in types["language_model"]
+    assert matmul.OP_TYPE not in types["prompt_model"] and "PagedAttentionExtension" in types["prompt_model"]
+    assert used == ["prompt_model"] + ["language_model"] * 4 + ["prompt_model"]
+    monkeypatch.setenv("JANUS_OV_MATMUL", "plugin")
+    one, used_one, want = run()
+    assert one.prompt_model is None and set(used_one) == {"language_model"}
+    assert matmul.OP_TYPE not in {op.get_type_name() for op in one._paged["language_model"][0].get_ops()}
+    for i, (g, w) in enumerate(zip(got, want)):
+        cos = (g * w).sum(-1) / np.linalg.norm(g, axis=-1) / np.linalg.norm(w, axis=-1)
+        assert (cos >= 0.99).all(), (i, cos)
