@@ -12,8 +12,13 @@ on our recipe (dynamic-quantization group, bf16 activations, one thread), and th
 recipes NNCF offers (symmetric, group 128, per channel) -- which would be a change of the
 shipped recipe, not a setting.
 
+--ours times janus_ov's own int4 matmul operation (matmul.cpp, as the runtime's step model
+uses it) against the plugin's on the same weights, the two taking turns call by call, also at
+prompt-sized row counts (where the runtime hands calls to the plugin's prompt model).
+
     python -m benchmarks.kernels            # our recipe, default settings: one JSON line
     python -m benchmarks.kernels --sweep    # settings and recipes (~6 min on 2 cores)
+    python -m benchmarks.kernels --ours     # the plugin's int4 matmuls against ours (~2 min)
 """
 
 from __future__ import annotations
@@ -105,6 +110,48 @@ def measure(rows=ROWS, reps: int = 30) -> dict:
     return {"weight_bytes": nbytes, "rows": time_rows(model, nbytes, {}, rows, reps)}
 
 
+def against_ours(rows=(1, 2, 4, 8, 16, 32, 64), reps: int = 15, **shape) -> dict:
+    """Median ms per call of the chain with the plugin's matmuls and with ours (same weights, the
+    runtime's step settings), taking turns; and the largest difference of their outputs after one
+    layer (a random chain of 24 layers overflows float32)."""
+    import numpy as np
+    import openvino as ov
+
+    from janus_ov import matmul
+    from janus_ov.runtime import streaming_config
+
+    def pair(**chain):
+        plugin, nbytes = build_matmul_chain(**chain)
+        ours, _ = build_matmul_chain(**chain)  # the same seed: the same weights
+        swapped = matmul.replace_int4_matmuls(ours)
+        return nbytes, swapped, {name: ov.Core().compile_model(m, "CPU", config).create_infer_request()
+                                 for name, m in (("plugin", plugin), ("ours", ours))}
+
+    config = {"PERFORMANCE_HINT": "LATENCY", **streaming_config(build_matmul_chain(layers=1)[0], "CPU", {})}
+    if not matmul.prepare("CPU", config):
+        raise SystemExit("our int4 matmul is not used on this CPU (it needs AVX-512 VNNI) or cannot be built")
+    nbytes, swapped, requests = pair(**shape)
+    _, _, one_layer = pair(**{**shape, "layers": 1})
+    out = {"weight_bytes": nbytes, "matmuls_swapped": swapped, "config": config, "rows": {}}
+    for m in rows:
+        x = np.random.default_rng(1).standard_normal((m, requests["ours"].get_compiled_model().inputs[0]
+                                                      .get_partial_shape()[1].get_length())).astype(np.float32)
+        first = {name: r.infer({0: x})[0].copy() for name, r in one_layer.items()}
+        times = {name: [] for name in requests}
+        for _ in range(reps):
+            for name, r in requests.items():
+                t0 = time.perf_counter()
+                r.infer({0: x})
+                times[name].append(time.perf_counter() - t0)
+        ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+        diff = np.abs(first["ours"] - first["plugin"]).max() / np.abs(first["plugin"]).max()
+        out["rows"][m] = {**{f"{n}_ms": float(f"{v:.3g}") for n, v in ms.items()},
+                          "plugin_over_ours": round(ms["plugin"] / ms["ours"], 2),
+                          "ours_weights_gb_per_s": float(f"{nbytes / ms['ours'] / 1e6:.3g}"),
+                          "max_relative_difference_one_layer": float(f"{diff:.2g}")}
+    return out
+
+
 def sweep(rows=ROWS, reps: int = 30, **shape) -> dict:
     """Every setting on our recipe, then every other recipe with the default settings."""
     out = {"settings": {}, "recipes": {}}
@@ -122,4 +169,6 @@ def sweep(rows=ROWS, reps: int = 30, **shape) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", action="store_true", help="CPU plugin settings and NNCF recipes")
-    print(json.dumps(sweep() if parser.parse_args().sweep else measure()))
+    parser.add_argument("--ours", action="store_true", help="the plugin's int4 matmuls against janus_ov's own")
+    args = parser.parse_args()
+    print(json.dumps(sweep() if args.sweep else against_ours() if args.ours else measure(), indent=1 if args.ours else None))

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from janus_ov.tuning import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,6 +77,20 @@ def test_bound_and_ratios_arithmetic():
     met = {t["target"]: t["met"] for t in s["targets"]}
     assert met["chat decode >= 18 tok/s"] and met["four images <= 1.5 x one"]
     assert met["one image <= 25 s"] and met["VQ decode <= 1 s"] is None  # not measured -> unknown, not "met"
+
+
+@pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= cpu_flags(),
+                    reason="our int4 matmul runs on CPUs with AVX-512 VNNI only")
+def test_kernels_against_ours_times_both_on_the_same_weights():
+    """benchmarks.kernels --ours on a one-layer chain: every matmul swapped, both timed at each row
+    count, and their outputs the same to float rounding (the same weights and activation grid)."""
+    from benchmarks import kernels
+
+    res = kernels.against_ours(rows=(1, 9), reps=2, layers=1, hidden=128, mlp=256)
+    assert res["matmuls_swapped"] == 7 and set(res["rows"]) == {1, 9}
+    for row in res["rows"].values():
+        assert row["plugin_ms"] > 0 and row["ours_ms"] > 0 and row["ours_weights_gb_per_s"] > 0
+        assert row["max_relative_difference_one_layer"] < 1e-4
 
 
 def test_kernel_sweep_runs_every_setting_and_recipe_on_the_plugin():
