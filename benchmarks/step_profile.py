@@ -13,6 +13,7 @@ layer type, so the two can be compared line by line (issue 21: "find where our e
     python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --past-tokens 300   # image steps: what grows with rows
     python -m benchmarks.step_profile --ir OUR_IR --variant dq32='{"DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}'  # A/B a setting
     python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --plugin-attention  # our attention vs the plugin's
+    python -m benchmarks.step_profile --ir OUR_IR --images 1,4 --plugin-matmul  # our int4 matmuls vs the plugin's
 
 --genai: an optimum-intel export of our language model as a plain Llama (benchmarks.genai_anchor
 writes one to benchmarks/models/genai-llama-<recipe>); only openvino is needed to read it.
@@ -35,11 +36,19 @@ from .models import MODELS_DIR
 CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def paged(core, xml: Path, config: dict):
+def paged(core, xml: Path, config: dict, role: str = "all"):
     from janus_ov.kv_cache import compile_paged
 
     model = core.read_model(str(xml))
-    return compile_paged(core, model, "CPU", shipped(model, config))
+    return compile_paged(core, model, "CPU", shipped(model, config), role)
+
+
+def step_role(core, xml: Path) -> str:
+    """The role the runtime gives its language model here (kv_cache.paged): "steps", with our int4
+    matmuls, where it compiles a prompt model beside it (runtime.prompt_config)."""
+    from janus_ov.runtime import prompt_config
+
+    return "steps" if prompt_config(core.read_model(str(xml)), "CPU", {}) is not None else "all"
 
 
 def shipped(model, config: dict) -> dict:
@@ -124,8 +133,9 @@ def ours(core, ir: Path, past: int, images: int = 0, settings: dict | None = Non
     config = {**CONFIG, **(settings or {}), "PERF_COUNT": True}
     rows = 2 * images or 1
     embed_part, head_part = ("gen_embeddings", "gen_head") if images else ("text_embeddings", "lm_head")
-    lm = paged(core, ir / "language_model.xml", config).create_infer_request()
-    inputs = bind_cache(lm, past, rows, fill=paged(core, ir / "language_model.xml", config).create_infer_request())
+    xml = ir / "language_model.xml"
+    lm = paged(core, xml, config, step_role(core, xml)).create_infer_request()
+    inputs = bind_cache(lm, past, rows, fill=paged(core, xml, config).create_infer_request())
     embed = core.compile_model(str(ir / f"{embed_part}.xml"), "CPU", config).create_infer_request()
     head_model = core.read_model(str(ir / f"{head_part}.xml"))
     head = core.compile_model(head_model, "CPU", shipped(head_model, config)).create_infer_request()
@@ -198,6 +208,8 @@ def main(argv=None):
                    "(2 CFG rows each, --past-tokens cached per row); GenAI has no image step")
     p.add_argument("--plugin-attention", action="store_true", help="one more of our models (chat, or each "
                    "--images size) with the CPU plugin's PagedAttention instead of ours, taking turns")
+    p.add_argument("--plugin-matmul", action="store_true", help="one more of our models (chat, or each --images "
+                   "size) with the CPU plugin's int4 matmuls instead of ours, taking turns")
     args = p.parse_args(argv)
     core = ov.Core()
     CONFIG.update(args.config)
@@ -214,6 +226,11 @@ def main(argv=None):
         for n in map(int, args.images.split(",")) if args.images else [0]:
             models[f"ours_{n}_images_{name}" if n else f"ours_{name}"] = ours(core, args.ir, args.past_tokens, n,
                                                                              json.loads(settings))
+    if args.plugin_matmul:
+        os.environ["JANUS_OV_MATMUL"] = "plugin"  # read as each model is compiled (janus_ov.matmul.wanted)
+        for n in map(int, args.images.split(",")) if args.images else [0]:
+            models[f"ours_{n}_images_plugin_matmul" if n else "ours_plugin_matmul"] = ours(core, args.ir, args.past_tokens, n)
+        del os.environ["JANUS_OV_MATMUL"]
     if args.plugin_attention:
         os.environ["JANUS_OV_ATTENTION"] = "plugin"  # read as each model is compiled (janus_ov.attention.wanted)
         for n in map(int, args.images.split(",")) if args.images else [0]:

@@ -48,9 +48,9 @@ def uncached(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "CACHE_DIR"}
 
 
-def compile_paged(core: ov.Core, model: ov.Model, device: str, config: dict) -> ov.CompiledModel:
+def compile_paged(core: ov.Core, model: ov.Model, device: str, config: dict, role: str = "all") -> ov.CompiledModel:
     """Turn the stateful language model (read from its IR) into a paged model (`paged`), compile it."""
-    return core.compile_model(paged(model, device, config), device, uncached(config))
+    return core.compile_model(paged(model, device, config, role), device, uncached(config))
 
 
 class PagedKVCache:
