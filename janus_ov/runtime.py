@@ -305,6 +305,8 @@ class Runtime:
         models = {"language_model": (lm, streaming_config(lm, self.device, self.config))}
         weights = (self.model_dir / "language_model.bin").stat().st_size
         config = prompt_config(lm, self.device, self.config, weights=weights)
+        if config is not None and config.get("INFERENCE_PRECISION_HINT") != "bf16" and not matmul.prepare(self.device, config):
+            config = None  # a plugin-only prompt model pays only beside our matmuls, and they cannot be built here
         roles = {"language_model": "all"}
         if config is not None:
             models["prompt_model"] = (core().read_model(xml), config)

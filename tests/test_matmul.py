@@ -169,3 +169,23 @@ def test_the_runtime_runs_steps_on_ours_and_prompts_on_the_plugins(tiny_ir_lm_in
     for i, (g, w) in enumerate(zip(got, want)):
         cos = (g * w).sum(-1) / np.linalg.norm(g, axis=-1) / np.linalg.norm(w, axis=-1)
         assert (cos >= 0.99).all(), (i, cos)
+
+
+def test_without_a_compiler_one_model_with_the_plugins_matmuls_serves(tiny_ir_lm_int4, tmp_path, monkeypatch, capsys):
+    """A machine without g++: our operations cannot be built, so no prompt model is compiled for them
+    (it would hold the weights twice for nothing) and the one language model serves as before."""
+    from janus_ov import native
+    from janus_ov import runtime as rt
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(native, "_reader", None)  # as in a new process
+    monkeypatch.setattr(native, "_dll", None)
+    runtime = rt.Runtime(tiny_ir_lm_int4, max_concurrency=1, warm_up=False, cache_dir=tmp_path / "compiled")
+    assert "using the plugin's own operations" in capsys.readouterr().out
+    assert runtime.prompt_model is None and set(runtime._paged) == {"language_model"}
+    assert matmul.OP_TYPE not in {op.get_type_name() for op in runtime._paged["language_model"][0].get_ops()}
+    width = ov.Core().read_model(tiny_ir_lm_int4 / "language_model.xml").input("inputs_embeds").get_partial_shape()[-1]
+    with runtime.context() as ctx:
+        ctx.start([80])
+        out = ctx.language_model(np.ones((70, width.get_length()), np.float32), [70])
+    assert np.isfinite(out).all()
