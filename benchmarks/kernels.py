@@ -18,7 +18,7 @@ prompt-sized row counts (where the runtime hands calls to the plugin's prompt mo
 
     python -m benchmarks.kernels            # our recipe, default settings: one JSON line
     python -m benchmarks.kernels --sweep    # settings and recipes (~6 min on 2 cores)
-    python -m benchmarks.kernels --ours     # the plugin's int4 matmuls against ours (~2 min)
+    python -m benchmarks.kernels --ours [--recipe int4_sym_g128]  # the plugin's int4 matmuls against ours (~2 min)
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ RECIPES = {
     "int4_sym_g64": ("INT4_SYM", 64),
     "int4_asym_g128": ("INT4_ASYM", 128),
     "int4_asym_per_channel": ("INT4_ASYM", -1),
+    "int4_sym_g128": ("INT4_SYM", 128),  # --weights int4-sym128
 }
 # CPU plugin settings tried on the shipped recipe ({} = what the runtime uses).
 SETTINGS = {
@@ -170,5 +171,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", action="store_true", help="CPU plugin settings and NNCF recipes")
     parser.add_argument("--ours", action="store_true", help="the plugin's int4 matmuls against janus_ov's own")
+    parser.add_argument("--recipe", choices=RECIPES, default=SHIPPED, help="with --ours: the weights' recipe")
     args = parser.parse_args()
-    print(json.dumps(sweep() if args.sweep else against_ours() if args.ours else measure(), indent=1 if args.ours else None))
+    print(json.dumps(sweep() if args.sweep else against_ours(recipe=args.recipe) if args.ours else measure(),
+                     indent=1 if args.ours else None))

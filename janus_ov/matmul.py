@@ -4,8 +4,9 @@ A decode or image step multiplies 1-8 rows by every weight of the language model
 long as the weights take to stream from memory, and the plugin's int4 kernels stream them at about
 half of what the memory gives (figures: benchmarks/results/design-measurements.md). On CPUs with
 AVX-512 VNNI, `replace_int4_matmuls` swaps each MatMul whose weights are NNCF's INT4_ASYM with
-groups of 64 (our recipe) for matmul.cpp's operation, which takes the weights over in a layout of
-its own (repacked at load; the IR's copy is then dropped). Prompts are compute-bound, where the
+groups of 64 (our recipe) or INT4_SYM with groups of 64 or 128 (`int4-sym128`) for matmul.cpp's
+operation, which takes the weights over in a layout of its own (repacked at load; the IR's copy
+is then dropped). Prompts are compute-bound, where the
 plugin's kernels are the faster: the runtime runs them on a second compiled model that keeps the
 plugin's matmuls (runtime.prompt_config), and uses ours only when it has that model.
 Other weights (int8, other recipes, shapes the kernel does not take) keep the plugin's matmuls.
@@ -22,7 +23,7 @@ from . import native
 from .tuning import cpu_flags
 
 OP_TYPE = "JanusInt4MatMul"
-GROUP = 64  # the only group size the kernel takes: our recipe's (compress.py)
+GROUP = 64  # the kernel's group of inputs per scale: our recipe's (compress.py); 128 is taken as two
 
 
 def wanted(device: str, config: dict, cpu: set | None = None) -> bool:
@@ -61,10 +62,16 @@ def replace_int4_matmuls(model: ov.Model) -> int:
     return swapped
 
 
-def _int4_weights(matmul) -> tuple | None:
-    """(u, scale, zero point, N, K) of a MatMul x @ W^T with f32 x and W = (u - zero point) * scale
-    decompressed from u4 constants in groups of 64 along K (scale f16, one per group), N a multiple
-    of 16; None for any other MatMul. u and the zero points as OpenVINO packs u4, two to a byte."""
+def takes(model: ov.Model) -> bool:
+    """Whether any MatMul of `model` has weights the kernel takes (without reading them)."""
+    return any(_int4_constants(n) for n in model.get_ordered_ops() if n.get_type_name() == "MatMul")
+
+
+def _int4_constants(matmul) -> tuple | None:
+    """(u, zero point or None, scale) Constants of a MatMul x @ W^T with f32 x and W decompressed from
+    int4 in groups along K, one f16 scale per group, N a multiple of 16: NNCF's INT4_ASYM with groups of
+    64 (W = (u - zero point) * scale, both u4) or INT4_SYM with groups of 64 or 128 (W = i * scale, i4);
+    None for any other MatMul."""
     attributes = matmul.get_attributes()
     if attributes.get("transpose_a") or not attributes.get("transpose_b"):
         return None
@@ -75,25 +82,48 @@ def _int4_weights(matmul) -> tuple | None:
         node = node.input_value(0).get_node()
     if node.get_type_name() != "Multiply":
         return None
-    subtract, scale = sorted((node.input_value(i).get_node() for i in (0, 1)), key=lambda n: n.get_type_name() != "Subtract")
-    if subtract.get_type_name() != "Subtract" or scale.get_type_name() != "Constant":
+    weights, scale = sorted((node.input_value(i).get_node() for i in (0, 1)), key=lambda n: n.get_type_name() == "Constant")
+    if scale.get_type_name() != "Constant" or scale.get_element_type() != ov.Type.f16:
         return None
-    u, zero = (_u4_constant(subtract.input_value(i).get_node()) for i in (0, 1))
-    if u is None or zero is None or scale.get_element_type() != ov.Type.f16:
+    if weights.get_type_name() == "Subtract":  # asymmetric
+        u, zero = (_int4_constant(weights.input_value(i).get_node(), ov.Type.u4) for i in (0, 1))
+        groups_of = (GROUP,)
+    else:
+        u, zero, groups_of = _int4_constant(weights, ov.Type.i4), None, (GROUP, 2 * GROUP)
+    if u is None or (weights.get_type_name() == "Subtract" and zero is None):
         return None
     n, groups, group = u.get_output_shape(0)
-    if group != GROUP or n % 16 or list(zero.get_output_shape(0)) != [n, groups, 1] \
-            or list(scale.get_output_shape(0)) != [n, groups, 1]:
+    if group not in groups_of or n % 16 or list(scale.get_output_shape(0)) != [n, groups, 1] \
+            or (zero is not None and list(zero.get_output_shape(0)) != [n, groups, 1]):
         return None
-    return (np.ascontiguousarray(u.get_data()), np.ascontiguousarray(scale.get_data()).view(np.uint16),
-            np.ascontiguousarray(zero.get_data()), n, groups * group)
+    return u, zero, scale
 
 
-def _u4_constant(node):
-    """The u4 Constant behind a Convert, else None."""
+def _int4_weights(matmul) -> tuple | None:
+    """(u, scale, zero point, N, K) for the kernel (janus_matmul_pack) of a MatMul `_int4_constants`
+    takes: u and the zero points u4 as OpenVINO packs them, two to a byte, one f16 scale and zero point
+    per 64 along K. Symmetric weights become u = i + 8 with zero point 8; groups of 128, two of 64."""
+    constants = _int4_constants(matmul)
+    if constants is None:
+        return None
+    u, zero, scale = constants
+    n, groups, group = u.get_output_shape(0)
+    data = np.ascontiguousarray(u.get_data()).view(np.uint8)  # i4 comes as int8 bytes
+    scales = np.ascontiguousarray(scale.get_data()).view(np.uint16).reshape(n, groups)
+    if zero is None:
+        data = data ^ np.uint8(0x88)  # each nibble's two's complement i -> i + 8
+        zeros = np.full(n * groups * group // GROUP // 2, 0x88, np.uint8)
+    else:
+        zeros = np.ascontiguousarray(zero.get_data())
+    scales = np.ascontiguousarray(np.repeat(scales, group // GROUP, axis=1))
+    return data, scales, zeros, n, groups * group
+
+
+def _int4_constant(node, kind):
+    """The 3-d Constant of element type `kind` behind a Convert, else None."""
     if node.get_type_name() != "Convert":
         return None
     constant = node.input_value(0).get_node()
-    if constant.get_type_name() != "Constant" or constant.get_element_type() != ov.Type.u4:
+    if constant.get_type_name() != "Constant" or constant.get_element_type() != kind:
         return None
     return constant if len(constant.get_output_shape(0)) == 3 else None

@@ -119,7 +119,7 @@ def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = 
     - On CPUs with AMX, bf16 activations put a prompt's matmuls on the AMX tiles: a 640-token prompt
       is 1.6x faster than with the integer kernels streaming_config picks, which stay faster for a few
       rows (a chat token 1.4x, 8 image rows 1.9x).
-    - Where our int4 matmuls can run the steps (matmul.wanted: AVX-512 VNNI, our int4 recipe), the
+    - Where our int4 matmuls can run the steps (matmul.wanted: AVX-512 VNNI; matmul.takes: int4 weights), the
       plugin's own kernels with the language model's settings: ours stream a step's weights faster,
       the plugin's are the faster on a prompt's hundreds of rows. The language model then gets ours
       (kv_cache.paged, role "steps"), the prompt model keeps the plugin's.
@@ -136,7 +136,7 @@ def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = 
     if "amx_bf16" in flags:
         return {**config, "INFERENCE_PRECISION_HINT": "bf16"}
     steps = streaming_config(model, device, config)
-    if int4_group_size(model) == matmul.GROUP and matmul.wanted(device, steps, flags):
+    if matmul.takes(model) and matmul.wanted(device, steps, flags):
         return steps
     return None
 

@@ -74,35 +74,44 @@ def relative(a, b) -> float:
 SHAPES = [(48, 192), (16, 64), (32, 192)]  # 3 channel blocks x 3 groups, 1 x 1, 2 x 3
 
 
+RECIPES = {"asym64": (nncf.CompressWeightsMode.INT4_ASYM, 64), "sym64": (nncf.CompressWeightsMode.INT4_SYM, 64),
+           "sym128": (nncf.CompressWeightsMode.INT4_SYM, 128)}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 21])
-def test_it_computes_what_it_documents_and_what_the_plugins_computes(rows):
+def test_it_computes_what_it_documents_and_what_the_plugins_computes(rows, recipe):
     """Every row count the kernel treats apart (one pass of <= 8 rows; more in passes of 8 over each
-    run of weight blocks), weights of 1 and 3 groups and 1 to 3 channel blocks, two leading dims."""
-    model, fresh = compressed(SHAPES), compressed(SHAPES)  # the same weights: one to take over, one to read
+    run of weight blocks), weights of 1 and 3 groups and 1 to 3 channel blocks, two leading dims, and
+    each int4 recipe it takes (symmetric weights shifted to u4 with zero point 8; groups of 128 as two)."""
+    mode, group = RECIPES[recipe]
+    shapes = SHAPES if group == 64 else [(48, 256), (16, 128), (32, 256)]
+    model, fresh = compressed(shapes, mode, group), compressed(shapes, mode, group)  # one to take over, one to read
     assert ours(model) == 3 and not matmuls(model)
     mine = ov.Core().compile_model(model, "CPU", STEPS)
-    plugin = ov.Core().compile_model(compressed(SHAPES), "CPU", STEPS)
+    plugin = ov.Core().compile_model(compressed(shapes, mode, group), "CPU", STEPS)
     rng = np.random.default_rng(rows)
-    x = (rng.standard_normal((1, rows, 192)) * rng.uniform(0.1, 10, (1, rows, 1))).astype(np.float32)
+    k, k_small = shapes[0][1], shapes[1][1]
+    x = (rng.standard_normal((1, rows, k)) * rng.uniform(0.1, 10, (1, rows, 1))).astype(np.float32)
     x[0, 0, :64] = 0  # a group of zeros: a step of 0 is no division by zero
-    x64 = rng.standard_normal((1, rows, 64)).astype(np.float32)
-    got, theirs = mine({0: x, 1: x64}), plugin({0: x, 1: x64})
+    x_small = rng.standard_normal((1, rows, k_small)).astype(np.float32)
+    got, theirs = mine({0: x, 1: x_small}), plugin({0: x, 1: x_small})
     assert len(matmuls(fresh)) == 3
     for i, node in enumerate(matmuls(fresh)):
-        expected = reference(node, x if SHAPES[i][1] == 192 else x64)
-        assert got[i].shape == (1, rows, SHAPES[i][0])
+        expected = reference(node, x if shapes[i][1] == k else x_small)
+        assert got[i].shape == (1, rows, shapes[i][0])
         assert relative(got[i], expected) < 1e-5, i
         assert relative(got[i], theirs[i]) < 1e-3, i  # the plugin quantizes activations much as we do
 
 
-def test_only_our_recipes_matmuls_are_taken():
-    """INT4_ASYM with groups of 64 and output channels in 16s: ours. Symmetric int4, groups of 128,
-    int8 by channel and 40 output channels keep the plugin's MatMul, and compute as before."""
+def test_only_the_int4_recipes_it_takes_are_taken():
+    """INT4_ASYM with groups of 64 and INT4_SYM with groups of 64 or 128, output channels in 16s: ours.
+    Asymmetric groups of 128, int8 by channel and 40 output channels keep the plugin's MatMul."""
     C = nncf.CompressWeightsMode
-    assert ours(compressed([(32, 128)])) == 1
-    for model in (compressed([(32, 128)], C.INT4_SYM), compressed([(32, 256)], group=128),
-                  compressed([(32, 128)], C.INT8_ASYM), compressed([(40, 128)])):
-        assert ours(model) == 0 and len(matmuls(model)) == 1
+    for model in (compressed([(32, 128)]), compressed([(32, 128)], C.INT4_SYM), compressed([(32, 256)], C.INT4_SYM, 128)):
+        assert matmul.takes(model) and ours(model) == 1
+    for model in (compressed([(32, 256)], group=128), compressed([(32, 128)], C.INT8_ASYM), compressed([(40, 128)])):
+        assert not matmul.takes(model) and ours(model) == 0 and len(matmuls(model)) == 1
 
 
 def test_the_weights_live_while_a_compiled_model_holds_them():
