@@ -174,10 +174,16 @@ void multiply(const Weights& w, const float* x, int rows, float* y) {
     a.q.resize(static_cast<size_t>(rows) * w.K);
     a.step.resize(static_cast<size_t>(rows) * w.groups());
     a.step_sum.resize(a.step.size());
-    tbb::parallel_for(0, rows, [&](int r) {
+    const auto quantize = [&](int r) {
         quantize_row(x + static_cast<size_t>(r) * w.K, w.K, a.q.data() + static_cast<size_t>(r) * w.K,
                      a.step.data() + static_cast<size_t>(r) * w.groups(), a.step_sum.data() + static_cast<size_t>(r) * w.groups());
-    });
+    };
+    // A step's few rows in this thread: handing them to the pool cost more than it saved
+    // (design-measurements.md); prompt-sized calls in parallel.
+    if (rows <= kRows)
+        for (int r = 0; r < rows; ++r) quantize(r);
+    else
+        tbb::parallel_for(0, rows, quantize);
     const int all = w.N / kChannels, few = rows <= kRows ? all : 4;  // blocks per pass: a pass's weights stay in cache
     tbb::parallel_for(tbb::blocked_range<int>(0, all, 4), [&](const tbb::blocked_range<int>& range) {
         for (int b = range.begin(); b < range.end(); b += few) {
