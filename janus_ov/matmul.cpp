@@ -61,6 +61,7 @@ std::shared_ptr<Weights> pack(const uint8_t* u, const uint16_t* scale, const uin
     w->u.reset(aligned<uint8_t>(static_cast<size_t>(N) * K / 2));
     w->scale.reset(aligned<uint16_t>(static_cast<size_t>(N) * groups));
     w->zero.reset(aligned<uint8_t>(static_cast<size_t>(N) * groups));
+    if (!w->u || !w->scale || !w->zero) return nullptr;  // out of memory: the caller says so
     const auto nibble = [](const uint8_t* p, size_t i) { return static_cast<uint8_t>((p[i / 2] >> (i % 2 * 4)) & 15); };
     tbb::parallel_for(0, blocks, [&](int b) {
         for (int g = 0; g < groups; ++g) {
@@ -253,9 +254,10 @@ private:
 extern "C" {
 
 // u: [N, K] u4, zero: [N, K/64] u4 (OpenVINO's packing), scale: [N, K/64] f16 bits. K a multiple of
-// 64, N of 16 (matmul.py checks). Returns the weights' id.
+// 64, N of 16 (matmul.py checks). Returns the weights' id, 0 if there was no memory for them.
 int64_t janus_matmul_pack(const uint8_t* u, const uint16_t* scale, const uint8_t* zero, int N, int K) {
     auto weights = janus::pack(u, scale, zero, N, K);
+    if (!weights) return 0;
     std::lock_guard<std::mutex> guard(janus::weights_lock);
     janus::registered[janus::next_id] = std::move(weights);
     return janus::next_id++;

@@ -52,6 +52,8 @@ def replace_int4_matmuls(model: ov.Model) -> int:
             continue
         u, scale, zero, n, k = weights
         key = dll.janus_matmul_pack(u.ctypes.data, scale.ctypes.data, zero.ctypes.data, n, k)
+        if not key:
+            raise MemoryError(f"no memory to repack the int4 weights of {node.get_friendly_name()} ({n} x {k})")
         ours = native.new_node(OP_TYPE, {"weights": key}, [node.input_value(0)])
         dll.janus_matmul_forget(key)  # the node holds the weights now, as long as a graph holds it
         ours.set_friendly_name(node.get_friendly_name())

@@ -6,6 +6,7 @@ same weights, and in the runtime: steps on ours, prompts on the plugin's prompt 
 Skipped on CPUs without AVX-512 VNNI (the runtime keeps the plugin's matmuls there) and without g++.
 """
 
+import os
 import shutil
 
 import nncf
@@ -198,3 +199,24 @@ def test_without_a_compiler_one_model_with_the_plugins_matmuls_serves(tiny_ir_lm
         ctx.start([80])
         out = ctx.language_model(np.ones((70, width.get_length()), np.float32), [70])
     assert np.isfinite(out).all()
+
+
+def test_weights_that_do_not_fit_in_memory_fail_with_a_clear_error():
+    """Repacking needs the weights' size again: where the allocation fails the call says so, instead
+    of writing through a null pointer (a process with its address space capped, in a child)."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, numpy as np
+from janus_ov import matmul, native
+assert matmul.prepare("CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+n, k = 16384, 16384  # 128 MB of u4
+u, scale, zero = np.zeros(n * k // 2, np.uint8), np.zeros(n * k // 64, np.uint16), np.zeros(n * k // 128, np.uint8)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 64 * 2**20, resource.RLIM_INFINITY))
+print("id", native.loaded().janus_matmul_pack(u.ctypes.data, scale.ctypes.data, zero.ctypes.data, n, k))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(os.getcwd())})
+    assert out.returncode == 0 and "id 0" in out.stdout, out.stderr
