@@ -36,19 +36,11 @@ from .models import MODELS_DIR
 CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def paged(core, xml: Path, config: dict, role: str = "all"):
+def paged(core, xml: Path, config: dict):
     from janus_ov.kv_cache import compile_paged
 
     model = core.read_model(str(xml))
-    return compile_paged(core, model, "CPU", shipped(model, config), role)
-
-
-def step_role(core, xml: Path) -> str:
-    """The role the runtime gives its language model here (kv_cache.paged): "steps", with our int4
-    matmuls, where it compiles a prompt model beside it (runtime.prompt_config)."""
-    from janus_ov.runtime import prompt_config
-
-    return "steps" if prompt_config(core.read_model(str(xml)), "CPU", {}) is not None else "all"
+    return compile_paged(core, model, "CPU", shipped(model, config))
 
 
 def shipped(model, config: dict) -> dict:
@@ -134,7 +126,7 @@ def ours(core, ir: Path, past: int, images: int = 0, settings: dict | None = Non
     rows = 2 * images or 1
     embed_part, head_part = ("gen_embeddings", "gen_head") if images else ("text_embeddings", "lm_head")
     xml = ir / "language_model.xml"
-    lm = paged(core, xml, config, step_role(core, xml)).create_infer_request()
+    lm = paged(core, xml, config).create_infer_request()
     inputs = bind_cache(lm, past, rows, fill=paged(core, xml, config).create_infer_request())
     embed = core.compile_model(str(ir / f"{embed_part}.xml"), "CPU", config).create_infer_request()
     head_model = core.read_model(str(ir / f"{head_part}.xml"))

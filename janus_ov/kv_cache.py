@@ -22,22 +22,19 @@ import openvino as ov
 BLOCK_SIZE = {"CPU": 32, "GPU": 16}
 
 
-def paged(model: ov.Model, device: str, config: dict, role: str = "all") -> ov.Model:
+def paged(model: ov.Model, device: str, config: dict) -> ov.Model:
     """The stateful language model (read from its IR) as a PagedAttention model, in place, with our own
-    operations where they are loaded (same cache layout; their build is kept beside the compiled-model
-    cache, config's CACHE_DIR). role: which calls the model runs --
-    "all": our attention (attention.py) in place of the plugin's;
-    "steps": a prompt model runs the long calls: our int4 matmuls too (matmul.py);
-    "prompts": the plugin's own operations (theirs are the faster on long calls).
-    Not while other threads read IRs: see native.py."""
+    operations where they apply to `config` and are loaded: attention (attention.py) and int4 matmuls
+    (matmul.py); same cache layout, their build kept beside the compiled-model cache (config's
+    CACHE_DIR). Not while other threads read IRs: see native.py."""
     from openvino._offline_transformations import paged_attention_transformation
 
     from . import attention, matmul
 
     paged_attention_transformation(model)
-    if role != "prompts" and attention.prepare(device, config):
+    if attention.prepare(device, config):
         attention.replace_paged_attention(model)
-    if role == "steps" and matmul.prepare(device, config):
+    if matmul.prepare(device, config):
         matmul.replace_int4_matmuls(model)
     return model
 
@@ -48,9 +45,9 @@ def uncached(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "CACHE_DIR"}
 
 
-def compile_paged(core: ov.Core, model: ov.Model, device: str, config: dict, role: str = "all") -> ov.CompiledModel:
+def compile_paged(core: ov.Core, model: ov.Model, device: str, config: dict) -> ov.CompiledModel:
     """Turn the stateful language model (read from its IR) into a paged model (`paged`), compile it."""
-    return core.compile_model(paged(model, device, config, role), device, uncached(config))
+    return core.compile_model(paged(model, device, config), device, uncached(config))
 
 
 class PagedKVCache:

@@ -1,8 +1,7 @@
 """Compiled OpenVINO parts and a bounded pool of per-request inference contexts.
 
-One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once (the language model
-twice where prompt_config gives a prompt model: on CPUs with AMX a bf16 copy for prompts; on CPUs
-with AVX-512 VNNI the plugin's kernels for prompts and our int4 matmuls for steps). Each request
+One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once (on CPUs with AMX
+the language model twice: a bf16 copy for prompts, see prompt_config). Each request
 borrows a `Context`: its own infer requests for the language model (with its own paged KV
 cache, kv_cache.py) and for the small per-step parts. The two big one-shot parts (vision encoder, VQ
 decoder) have one shared infer request each, behind a lock: they run once per request and
@@ -32,7 +31,6 @@ import numpy as np
 import openvino as ov
 import psutil
 
-from . import matmul
 from .errors import ModelNotFoundError
 from .kv_cache import PagedKVCache, cache_inputs, paged, uncached
 from .memory import drop_mapped_pages
@@ -104,8 +102,7 @@ def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
 
 
 # A language-model call of at least this many tokens runs on the prompt model where there is one:
-# the two models' times cross between 32 and 64 tokens on the Intel kind (bf16 prompt model), and
-# near 40 rows on Zen 5 (our int4 matmuls against the plugin's; design-measurements.md).
+# the two models' times cross between 32 and 64 tokens on the Intel kind (design-measurements.md).
 PROMPT_TOKENS = 64
 
 
@@ -116,29 +113,22 @@ def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = 
     free: bytes of memory available (default: this machine's now); weights: the language model's IR
     weight bytes.
 
-    - On CPUs with AMX, bf16 activations put a prompt's matmuls on the AMX tiles: a 640-token prompt
-      is 1.6x faster than with the integer kernels streaming_config picks, which stay faster for a few
-      rows (a chat token 1.4x, 8 image rows 1.9x).
-    - Where our int4 matmuls can run the steps (matmul.wanted: AVX-512 VNNI; matmul.takes: int4 weights), the
-      plugin's own kernels with the language model's settings: ours stream a step's weights faster,
-      the plugin's are the faster on a prompt's hundreds of rows. The language model then gets ours
-      (kv_cache.paged, role "steps"), the prompt model keeps the plugin's.
+    On CPUs with AMX, bf16 activations put a prompt's matmuls on the AMX tiles: a 640-token prompt is
+    1.6x faster than with the integer kernels streaming_config picks, which stay faster for a few rows
+    (a chat token 1.4x, 8 image rows 1.9x). Elsewhere one model serves every call: with our int4
+    matmuls (matmul.py, AVX-512 VNNI) a 668-token prompt is within 3 % of the plugin's kernels.
     Both models read and write the same KV cache (the plugin gives both its u8 layout; Runtime
     checks). Not where the caller chose a precision (one model with it), nor for float weights. The
-    second model holds the weights once more (+0.7 GB for the 1B int4, +3.7 GB for the 7B), so it is
+    second model holds the weights once more (+0.9 GB for the 1B int4, +3.7 GB for the 7B), so it is
     compiled only while 3x the weights are free: both copies and room to spare.
     """
     if not (device.startswith("CPU") and integer_weights(model)) or "INFERENCE_PRECISION_HINT" in config:
         return None
     if (psutil.virtual_memory().available if free is None else free) < 3 * weights:
         return None
-    flags = cpu_flags() if cpu is None else cpu
-    if "amx_bf16" in flags:
-        return {**config, "INFERENCE_PRECISION_HINT": "bf16"}
-    steps = streaming_config(model, device, config)
-    if matmul.takes(model) and matmul.wanted(device, steps, flags):
-        return steps
-    return None
+    if "amx_bf16" not in (cpu_flags() if cpu is None else cpu):
+        return None
+    return {**config, "INFERENCE_PRECISION_HINT": "bf16"}
 
 
 def cache_ports(compiled: ov.CompiledModel) -> set:
@@ -305,13 +295,9 @@ class Runtime:
         models = {"language_model": (lm, streaming_config(lm, self.device, self.config))}
         weights = (self.model_dir / "language_model.bin").stat().st_size
         config = prompt_config(lm, self.device, self.config, weights=weights)
-        if config is not None and config.get("INFERENCE_PRECISION_HINT") != "bf16" and not matmul.prepare(self.device, config):
-            config = None  # a plugin-only prompt model pays only beside our matmuls, and they cannot be built here
-        roles = {"language_model": "all"}
         if config is not None:
             models["prompt_model"] = (core().read_model(xml), config)
-            roles = {"language_model": "steps", "prompt_model": "prompts"}
-        return {name: (paged(model, self.device, config, roles[name]), config) for name, (model, config) in models.items()}
+        return {name: (paged(model, self.device, config), config) for name, (model, config) in models.items()}
 
     def _compile(self, part: str) -> ov.CompiledModel:
         xml = self.model_dir / f"{part}.xml"

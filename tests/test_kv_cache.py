@@ -179,22 +179,18 @@ def test_default_precision_stays_close_to_transformers(tiny_ir_fp32, torch_lm):
 
 # ---- the prompt model: a second compiled language model for prompt-sized calls (runtime.prompt_config) ----
 
-def test_prompt_model_only_with_integer_weights_amx_or_our_int4_steps_and_no_chosen_precision(tiny_ir_lm_int4,
-                                                                                              tiny_ir_fp32):
+def test_prompt_model_only_with_amx_integer_weights_and_no_chosen_precision(tiny_ir_lm_int4, tiny_ir_fp32):
     import openvino as ov
 
-    from janus_ov.runtime import prompt_config, streaming_config
+    from janus_ov.runtime import prompt_config
 
     core = ov.Core()
     int4, fp32 = (core.read_model(d / "language_model.xml") for d in (tiny_ir_lm_int4, tiny_ir_fp32))
     base = {"PERFORMANCE_HINT": "LATENCY"}
     assert prompt_config(int4, "CPU", base, cpu=AMX) == {**base, "INFERENCE_PRECISION_HINT": "bf16"}
-    # AVX-512 VNNI without AMX (Zen 4, Zen 5): our int4 matmuls take the steps, the plugin's kernels
-    # the prompts, with the language model's own settings.
-    zen = AMX - {"amx_bf16", "amx_int8", "amx_tile"} | {"avx512bw"}
-    assert prompt_config(int4, "CPU", base, cpu=zen) == streaming_config(int4, "CPU", base)
+    # AVX-512 VNNI without AMX (Zen 4, Zen 5): one model, whose int4 matmuls are ours (matmul.py).
+    assert prompt_config(int4, "CPU", base, cpu=AMX - {"amx_bf16", "amx_int8", "amx_tile"} | {"avx512bw"}) is None
     assert prompt_config(int4, "CPU", base, cpu={"avx2", "avx_vnni"}) is None  # AVX2: one model, the plugin's
-    assert prompt_config(fp32, "CPU", base, cpu=zen) is None
     assert prompt_config(int4, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}, cpu=AMX) is None  # the caller's choice
     assert prompt_config(int4, "GPU", base, cpu=AMX) is None
     assert prompt_config(fp32, "CPU", base, cpu=AMX) is None  # float weights: no integer kernels to leave

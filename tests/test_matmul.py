@@ -2,7 +2,7 @@
 
 Checked against a numpy reference of what the kernel documents (NNCF's INT4_ASYM weights, group 64;
 activations quantized to int8 per row and group), against the plugin's own compressed MatMul on the
-same weights, and in the runtime: steps on ours, prompts on the plugin's prompt model, one cache.
+same weights, and in the runtime, where one model with them serves prompts and steps.
 Skipped on CPUs without AVX-512 VNNI (the runtime keeps the plugin's matmuls there) and without g++.
 """
 
@@ -145,13 +145,13 @@ def test_wanted_on_avx512_vnni_with_f32_activations(monkeypatch):
     assert not matmul.wanted("CPU", STEPS, flags)
 
 
-def test_the_runtime_runs_steps_on_ours_and_prompts_on_the_plugins(tiny_ir_lm_int4, monkeypatch):
-    """On this CPU the runtime compiles the language model twice: steps with our matmuls (and our
-    attention), prompts with the plugin's own operations, over one cache. Every output of a chat-like
-    run (a prompt, steps, a follow-up) matches one model of the plugin's matmuls doing it all; with
-    JANUS_OV_MATMUL=plugin there is that one model."""
+def test_the_runtime_runs_every_call_on_ours(tiny_ir_lm_int4, monkeypatch):
+    """On this CPU (no AMX) the runtime compiles the language model once, with our matmuls and our
+    attention, for prompts and steps alike. Every output of a chat-like run (prompts of several rows,
+    steps, a follow-up) matches the model with the plugin's matmuls (JANUS_OV_MATMUL=plugin)."""
     from janus_ov import runtime as rt
 
+    monkeypatch.setattr(rt, "cpu_flags", lambda: cpu_flags() - {"amx_bf16"})  # as on an AMD kind
     ir = ov.Core().read_model(tiny_ir_lm_int4 / "language_model.xml")
     width = ir.input("inputs_embeds").get_partial_shape()[-1].get_length()
 
@@ -160,30 +160,25 @@ def test_the_runtime_runs_steps_on_ours_and_prompts_on_the_plugins(tiny_ir_lm_in
         rng = np.random.default_rng(3)
         with runtime.context() as ctx:
             ctx.start([170, 45])
-            used, outputs = [], []
-            for lengths in ([90, 40], [1, 1], [1, 1], [7, 1], [1, 0], [66, 1]):
-                embeds = rng.standard_normal((sum(lengths), width)).astype(np.float32)
-                used.append(ctx.lm_part(sum(lengths)))
-                outputs.append(np.array(ctx.language_model(embeds, lengths)))
-        return runtime, used, outputs
+            outputs = [np.array(ctx.language_model(rng.standard_normal((sum(n), width)).astype(np.float32), n))
+                       for n in ([90, 40], [1, 1], [1, 1], [7, 1], [1, 0], [66, 1])]
+        return runtime, outputs
 
-    two, used, got = run()
-    types = {name: {op.get_type_name() for op in model.get_ops()} for name, (model, _) in two._paged.items()}
-    assert matmul.OP_TYPE in types["language_model"] and "JanusPagedAttention" in types["language_model"]
-    assert matmul.OP_TYPE not in types["prompt_model"] and "PagedAttentionExtension" in types["prompt_model"]
-    assert used == ["prompt_model"] + ["language_model"] * 4 + ["prompt_model"]
+    ours, got = run()
+    assert ours.prompt_model is None
+    types = {op.get_type_name() for op in ours._paged["language_model"][0].get_ops()}
+    assert matmul.OP_TYPE in types and "JanusPagedAttention" in types
     monkeypatch.setenv("JANUS_OV_MATMUL", "plugin")
-    one, used_one, want = run()
-    assert one.prompt_model is None and set(used_one) == {"language_model"}
-    assert matmul.OP_TYPE not in {op.get_type_name() for op in one._paged["language_model"][0].get_ops()}
+    plugin, want = run()
+    assert matmul.OP_TYPE not in {op.get_type_name() for op in plugin._paged["language_model"][0].get_ops()}
     for i, (g, w) in enumerate(zip(got, want)):
         cos = (g * w).sum(-1) / np.linalg.norm(g, axis=-1) / np.linalg.norm(w, axis=-1)
         assert (cos >= 0.99).all(), (i, cos)
 
 
 def test_without_a_compiler_one_model_with_the_plugins_matmuls_serves(tiny_ir_lm_int4, tmp_path, monkeypatch, capsys):
-    """A machine without g++: our operations cannot be built, so no prompt model is compiled for them
-    (it would hold the weights twice for nothing) and the one language model serves as before."""
+    """A machine without g++: our operations cannot be built, and the language model serves with the
+    plugin's matmuls, as before."""
     from janus_ov import native
     from janus_ov import runtime as rt
 
