@@ -64,11 +64,6 @@ def replace_int4_matmuls(model: ov.Model) -> int:
     return swapped
 
 
-def takes(model: ov.Model) -> bool:
-    """Whether any MatMul of `model` has weights the kernel takes (without reading them)."""
-    return any(_int4_constants(n) for n in model.get_ordered_ops() if n.get_type_name() == "MatMul")
-
-
 def _int4_constants(matmul) -> tuple | None:
     """(u, zero point or None, scale) Constants of a MatMul x @ W^T with f32 x and W decompressed from
     int4 in groups along K, one f16 scale per group, N a multiple of 16: NNCF's INT4_ASYM with groups of
