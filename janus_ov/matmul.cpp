@@ -267,13 +267,5 @@ void janus_matmul_forget(int64_t id) {
     std::lock_guard<std::mutex> guard(janus::weights_lock);
     janus::registered.erase(id);
 }
-
-// For tests and benchmarks: y [rows, N] = x [rows, K] times registered weights `id`.
-int janus_matmul(int64_t id, const float* x, int rows, float* y) {
-    const auto weights = janus::registered_weights(id);
-    if (!weights) return 1;
-    janus::multiply(*weights, x, rows, y);
-    return 0;
-}
 }
 #endif  // AVX-512 VNNI

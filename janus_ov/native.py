@@ -84,7 +84,6 @@ def load(build_dir: str | Path | None) -> ctypes.CDLL | None:
                 _dll.janus_matmul_pack.restype = ctypes.c_int64
                 _dll.janus_matmul_pack.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
                 _dll.janus_matmul_forget.argtypes = [ctypes.c_int64]
-                _dll.janus_matmul.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
             _reader = reader
     return _dll or None
 
