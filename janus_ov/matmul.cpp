@@ -1,9 +1,9 @@
-// The language model's int4 matmuls for few rows, as an OpenVINO operation of our own that takes the
-// place of the CPU plugin's compressed FullyConnected in the model that runs decode and image steps
-// (matmul.py rewires the graph; prompts keep the plugin's kernels in a model of their own). A step
-// reads every weight once for 1-8 rows, so it is bound by how fast the weights stream from memory;
-// the plugin's int4 kernels stream them at about half of what the memory gives on the machines we
-// measured (figures: benchmarks/results/design-measurements.md).
+// The language model's int4 matmuls, as an OpenVINO operation of our own that takes the place of the
+// CPU plugin's compressed FullyConnected (matmul.py rewires the graph). A step reads every weight once
+// for 1-8 rows, so it is bound by how fast the weights stream from memory; the plugin's int4 kernels
+// stream them at about half of what the memory gives on the machines we measured. Prompts' many rows
+// go 8 at a time over a few blocks of weights held in cache (figures: benchmarks/results/
+// design-measurements.md).
 //
 // Weights: NNCF's INT4_ASYM with groups of 64 along the input channels, w = (u - zero point) * scale,
 // u and the zero point u4, the scale f16. Repacked once, at load, for AVX-512 VNNI: per block of 16
@@ -86,38 +86,58 @@ std::shared_ptr<Weights> pack(const uint8_t* u, const uint16_t* scale, const uin
     return w;
 }
 
-// One row's activations as int8 per group of 64: q, a (the group's step) and a * sum q.
-void quantize_row(const float* x, int K, int8_t* q, float* step, float* step_sum) {
-    for (int g = 0; g < K / kGroup; ++g) {
+// Activations, int8 per group of 64 (q ~ x / a, symmetric), in tiles of 8 rows (the last one padded
+// with zeros) laid out for the kernel: the 4-byte chunk c of a tile's row r at q[(c * 8 + r) * 4], so
+// one pass's loads of a chunk for its 8 rows are 32 bytes in a row at fixed offsets.
+struct Activations {
+    int rows = 0, K = 0;
+    std::vector<int8_t> q;              // [tiles][K/4][8][4]
+    std::vector<float> step, step_sum;  // [tiles][K/64][8]: a, and a * sum q
+    int tiles() const { return (rows + kRows - 1) / kRows; }
+};
+
+// Row r of x [rows, K] quantized into its place in `a`.
+void quantize_row(const float* x, Activations& a, int r) {
+    const int K = a.K, groups = K / kGroup, t = r / kRows, lane = r % kRows;
+    int8_t* q = a.q.data() + static_cast<size_t>(t) * K * kRows + lane * 4;
+    float* step = a.step.data() + static_cast<size_t>(t) * groups * kRows + lane;
+    float* step_sum = a.step_sum.data() + static_cast<size_t>(t) * groups * kRows + lane;
+    for (int g = 0; g < groups; ++g) {
         const float* xg = x + g * kGroup;
         __m512 v[4], top = _mm512_setzero_ps();
         for (int i = 0; i < 4; ++i) {
             v[i] = _mm512_loadu_ps(xg + 16 * i);
             top = _mm512_max_ps(top, _mm512_abs_ps(v[i]));
         }
-        const float mx = _mm512_reduce_max_ps(top), a = mx > 0.f ? mx / 127.f : 1.f;
-        const __m512 inv = _mm512_set1_ps(1.f / a);
+        const float mx = _mm512_reduce_max_ps(top), s = mx > 0.f ? mx / 127.f : 1.f;
+        const __m512 inv = _mm512_set1_ps(1.f / s);
         __m512i sum = _mm512_setzero_si512();
         for (int i = 0; i < 4; ++i) {
-            const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));  // to nearest
-            sum = _mm512_add_epi32(sum, r);
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(q + g * kGroup + 16 * i), _mm512_cvtsepi32_epi8(r));
+            const __m512i r32 = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], inv));  // to nearest
+            sum = _mm512_add_epi32(sum, r32);
+            alignas(16) int32_t chunks[4];
+            _mm_store_si128(reinterpret_cast<__m128i*>(chunks), _mm512_cvtsepi32_epi8(r32));
+            for (int c = 0; c < 4; ++c) std::memcpy(q + ((g * 16 + i * 4 + c) * kRows) * 4, &chunks[c], 4);
         }
-        step[g] = a;
-        step_sum[g] = a * static_cast<float>(_mm512_reduce_add_epi32(sum));
+        step[g * kRows] = s;
+        step_sum[g * kRows] = s * static_cast<float>(_mm512_reduce_add_epi32(sum));
     }
 }
 
-struct Activations {
-    int rows = 0, K = 0;
-    std::vector<int8_t> q;  // [rows][K]
-    std::vector<float> step, step_sum;  // [rows][K/64]
-};
+// dot += u . (the four int8 at p, broadcast), with the broadcast folded into the instruction's
+// memory operand (compilers emit a separate vpbroadcastd for _mm512_set1_epi32).
+inline __m512i dpbusd_broadcast(__m512i dot, __m512i u, const int8_t* p) {
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(dot) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(p)));
+    return dot;
+}
 
-// Output channels [16 b0, 16 b1) of R rows from `row` on: y[r][n] for n in the blocks.
+// Output channels [16 b0, 16 b1) of the first R rows of tile t: y[r][n] for n in the blocks.
 template <int R>
-void blocks(const Weights& w, const Activations& x, int row, int b0, int b1, float* y, size_t y_stride) {
-    const int groups = w.groups(), K = w.K;
+void blocks(const Weights& w, const Activations& x, int t, int b0, int b1, float* y, size_t y_stride) {
+    const int groups = w.groups();
+    const int8_t* qt = x.q.data() + static_cast<size_t>(t) * w.K * kRows;
+    const float* steps = x.step.data() + static_cast<size_t>(t) * groups * kRows;
+    const float* step_sums = x.step_sum.data() + static_cast<size_t>(t) * groups * kRows;
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int b = b0; b < b1; ++b) {
         __m512 acc[R];
@@ -125,44 +145,45 @@ void blocks(const Weights& w, const Activations& x, int row, int b0, int b1, flo
         const size_t first = static_cast<size_t>(b) * groups;
         for (int g = 0; g < groups; ++g) {
             const uint8_t* u = w.u.get() + (first + g) * (kGroup * kChannels / 2);
-            for (int line = 0; line < 8; ++line) _mm_prefetch(reinterpret_cast<const char*>(u + 2048 + 64 * line), _MM_HINT_T0);
-            __m512i dot[R];
-            for (int r = 0; r < R; ++r) dot[r] = _mm512_setzero_si512();
+            const int8_t* q = qt + static_cast<size_t>(g) * kGroup * kRows;
+            // Further ahead for more rows: their compute hides less of the wait for memory.
+            const uint8_t* ahead = u + (R <= 2 ? 2048 : 8192);
+            for (int line = 0; line < 8; ++line) _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * line), _MM_HINT_T0);
+            __m512i dot[R], dot2[R];  // two chains a row: one was bound by vpdpbusd's latency
+            for (int r = 0; r < R; ++r) dot[r] = _mm512_setzero_si512(), dot2[r] = _mm512_setzero_si512();
+#pragma GCC unroll 8
             for (int p = 0; p < kGroup / 8; ++p) {
                 const __m512i v = _mm512_load_si512(u + 64 * p);
                 const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+#pragma GCC unroll 8
                 for (int r = 0; r < R; ++r) {
-                    const int8_t* q = x.q.data() + static_cast<size_t>(row + r) * K + g * kGroup + 8 * p;
-                    int32_t q0, q1;
-                    std::memcpy(&q0, q, 4);
-                    std::memcpy(&q1, q + 4, 4);
-                    dot[r] = _mm512_dpbusd_epi32(dot[r], lo, _mm512_set1_epi32(q0));
-                    dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(q1));
+                    dot[r] = dpbusd_broadcast(dot[r], lo, q + ((2 * p) * kRows + r) * 4);
+                    dot2[r] = dpbusd_broadcast(dot2[r], hi, q + ((2 * p + 1) * kRows + r) * 4);
                 }
             }
+            for (int r = 0; r < R; ++r) dot[r] = _mm512_add_epi32(dot[r], dot2[r]);
             const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.scale.get() + (first + g) * kChannels)));
             const __m512 zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(w.zero.get() + (first + g) * kChannels))));
             const __m512 zero_scale = _mm512_mul_ps(zero, scale);
             for (int r = 0; r < R; ++r) {
-                const size_t at = static_cast<size_t>(row + r) * groups + g;
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(scale, _mm512_set1_ps(x.step[at])), acc[r]);
-                acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(x.step_sum[at]), acc[r]);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(scale, _mm512_set1_ps(steps[g * kRows + r])), acc[r]);
+                acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(step_sums[g * kRows + r]), acc[r]);
             }
         }
-        for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + (row + r) * y_stride + b * kChannels, acc[r]);
+        for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * y_stride + b * kChannels, acc[r]);
     }
 }
 
-void rows_of_blocks(int R, const Weights& w, const Activations& x, int row, int b0, int b1, float* y) {
+void rows_of_blocks(int R, const Weights& w, const Activations& x, int t, int b0, int b1, float* y) {
     switch (R) {
-    case 1: return blocks<1>(w, x, row, b0, b1, y, w.N);
-    case 2: return blocks<2>(w, x, row, b0, b1, y, w.N);
-    case 3: return blocks<3>(w, x, row, b0, b1, y, w.N);
-    case 4: return blocks<4>(w, x, row, b0, b1, y, w.N);
-    case 5: return blocks<5>(w, x, row, b0, b1, y, w.N);
-    case 6: return blocks<6>(w, x, row, b0, b1, y, w.N);
-    case 7: return blocks<7>(w, x, row, b0, b1, y, w.N);
-    default: return blocks<8>(w, x, row, b0, b1, y, w.N);
+    case 1: return blocks<1>(w, x, t, b0, b1, y, w.N);
+    case 2: return blocks<2>(w, x, t, b0, b1, y, w.N);
+    case 3: return blocks<3>(w, x, t, b0, b1, y, w.N);
+    case 4: return blocks<4>(w, x, t, b0, b1, y, w.N);
+    case 5: return blocks<5>(w, x, t, b0, b1, y, w.N);
+    case 6: return blocks<6>(w, x, t, b0, b1, y, w.N);
+    case 7: return blocks<7>(w, x, t, b0, b1, y, w.N);
+    default: return blocks<8>(w, x, t, b0, b1, y, w.N);
     }
 }
 
@@ -172,24 +193,24 @@ void multiply(const Weights& w, const float* x, int rows, float* y) {
     thread_local Activations mine;
     Activations& a = mine;  // this thread's: a thread_local named inside the lambdas would be each worker's own
     a.rows = rows, a.K = w.K;
-    a.q.resize(static_cast<size_t>(rows) * w.K);
-    a.step.resize(static_cast<size_t>(rows) * w.groups());
+    a.q.resize(static_cast<size_t>(a.tiles()) * kRows * w.K);  // a last tile's missing rows are never read
+    a.step.resize(static_cast<size_t>(a.tiles()) * kRows * w.groups());
     a.step_sum.resize(a.step.size());
-    const auto quantize = [&](int r) {
-        quantize_row(x + static_cast<size_t>(r) * w.K, w.K, a.q.data() + static_cast<size_t>(r) * w.K,
-                     a.step.data() + static_cast<size_t>(r) * w.groups(), a.step_sum.data() + static_cast<size_t>(r) * w.groups());
+    const auto quantize = [&](int t) {  // a tile's rows share cache lines: one thread writes them all
+        for (int r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r) quantize_row(x + static_cast<size_t>(r) * w.K, a, r);
     };
     // A step's few rows in this thread: handing them to the pool cost more than it saved
     // (design-measurements.md); prompt-sized calls in parallel.
     if (rows <= kRows)
-        for (int r = 0; r < rows; ++r) quantize(r);
+        quantize(0);
     else
-        tbb::parallel_for(0, rows, quantize);
+        tbb::parallel_for(0, a.tiles(), quantize);
     const int all = w.N / kChannels, few = rows <= kRows ? all : 4;  // blocks per pass: a pass's weights stay in cache
     tbb::parallel_for(tbb::blocked_range<int>(0, all, 4), [&](const tbb::blocked_range<int>& range) {
         for (int b = range.begin(); b < range.end(); b += few) {
             const int end = std::min(range.end(), b + few);
-            for (int row = 0; row < rows; row += kRows) rows_of_blocks(std::min(kRows, rows - row), w, a, row, b, end, y);
+            for (int t = 0; t < a.tiles(); ++t)
+                rows_of_blocks(std::min(kRows, rows - t * kRows), w, a, t, b, end, y + static_cast<size_t>(t) * kRows * w.N);
         }
     }, tbb::static_partitioner());
 }
