@@ -47,6 +47,9 @@ STREAMING = ("language_model", "lm_head", "gen_head")
 
 _core = None
 _core_lock = threading.Lock()
+# Held while a Runtime reads and compiles its parts: our operations are read from IRs of their own
+# (native.new_node), which must not run while another thread reads an IR -- another Runtime's too.
+_loading_lock = threading.Lock()
 
 
 def core() -> ov.Core:
@@ -258,14 +261,15 @@ class Runtime:
         try:
             # A first launch on this machine measures the language model's activation group (tuning.py):
             # here, alone, not while the parts compile in parallel below (which then find the verdict).
-            # The language models' graphs are made here too: our attention operation is read from an IR of
-            # its own (attention.py), which must not run while other threads read IRs.
-            self._paged = self._paged_models()
-            with ThreadPoolExecutor(max_workers=len(PARTS) + 1) as pool:
-                prompt_model = pool.submit(self._compile_prompt_model)
-                compiled = pool.map(self._compile, PARTS)
-                self.compiled = dict(zip(PARTS, compiled))
-                self.prompt_model = prompt_model.result()
+            # The language models' graphs are made here too: our operations are read from IRs of their
+            # own (native.py), which must not run while other threads read IRs (_loading_lock).
+            with _loading_lock:
+                self._paged = self._paged_models()
+                with ThreadPoolExecutor(max_workers=len(PARTS) + 1) as pool:
+                    prompt_model = pool.submit(self._compile_prompt_model)
+                    compiled = pool.map(self._compile, PARTS)
+                    self.compiled = dict(zip(PARTS, compiled))
+                    self.prompt_model = prompt_model.result()
         except BaseException:
             loading.set()
             raise

@@ -15,9 +15,9 @@ from janus_ov.pipeline import JanusPipeline
 
 IMAGE = Image.fromarray(np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8))
 
+CHAT_WITH_IMAGE = [{"role": "user", "content": "Describe the image.", "images": [IMAGE]}]
 JOBS = {
-    "chat_greedy": lambda p: p.chat([{"role": "user", "content": "Describe the image.", "images": [IMAGE]}],
-                                    max_new_tokens=24),
+    "chat_greedy": lambda p: p.chat(CHAT_WITH_IMAGE, max_new_tokens=24),
     "chat_sampled": lambda p: p.chat([{"role": "user", "content": "Tell me about cats."},
                                       {"role": "assistant", "content": "Cats are small."},
                                       {"role": "user", "content": "And dogs?"}],
@@ -82,3 +82,37 @@ def test_more_threads_than_contexts_queue_and_still_match(tiny_ir_fp32, sequenti
     for name in JOBS:
         assert _same(results[name], sequential[name]), name
     assert pipe.runtime._created == 2  # the pool is bounded
+
+
+def test_pipelines_built_at_once_in_threads_both_serve(tiny_ir_lm_int4):
+    """Two pipelines loaded at the same moment (a library user's threads): where our own operations are
+    wanted each language model's graph reads them from IRs of their own, which must not run while the
+    other runtime reads and compiles its parts. Both load and answer as one loaded alone does."""
+    from janus_ov import matmul
+
+    first = JanusPipeline(tiny_ir_lm_int4)
+    alone = first.chat(CHAT_WITH_IMAGE, max_new_tokens=16)
+    first.close()
+    pipes, errors = [], []
+    barrier = threading.Barrier(2)
+
+    def load():
+        try:
+            barrier.wait()
+            pipes.append(JanusPipeline(tiny_ir_lm_int4))
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert len(pipes) == 2
+    if matmul.wanted("CPU", {"INFERENCE_PRECISION_HINT": "f32"}):  # the case the lock is for
+        ops = {op.get_type_name() for op in pipes[0].runtime._paged["language_model"][0].get_ops()}
+        assert {matmul.OP_TYPE, "JanusPagedAttention"} <= ops
+    for pipe in pipes:
+        assert pipe.chat(CHAT_WITH_IMAGE, max_new_tokens=16) == alone
+        pipe.close()
