@@ -499,15 +499,28 @@ class Studio:
         if drawing_prompt(text) is not None and (files or not drawing_prompt(text)):
             return refuse("A drawing takes a text prompt only: describe the image after /imagine, without "
                           "attachments (to ask about an image, turn Draw off).", 2)
-        for path in files:  # reject a broken upload now, before it enters the history
-            try:
-                self.pipe.prepare_images([path])  # decoded once: the answer reuses these pixels
-            except JanusError as e:  # name the upload as the user knows it, not by its server path
-                return refuse(hide_paths(str(e)), 2)
+        refused = self._refused_uploads(files)  # checked now, before they enter the history
+        if refused:
+            gr.Warning(" ".join(refused.values()))
+            # The message stays to be sent again, without what was refused (its thumbnail would only
+            # be refused again): the text and the good images are kept.
+            kept = [f for f in message["files"] if (f if isinstance(f, str) else f["path"]) not in refused]
+            return gr.skip(), gr.MultimodalTextbox(value={"text": message.get("text", ""), "files": kept})
         if not self.chat_stops.arm(request):
             return refuse("An answer is still being written: wait for it, or press Stop.", 2)
         turn = {"role": "user", "content": [{"path": f} for f in files] + [shown(text)]}
         return history + [turn], _answering_box(value=None)
+
+    def _refused_uploads(self, files: list) -> dict:
+        """{path: why} of the uploads that are not usable images. The others are decoded once here:
+        the answer reuses their pixels."""
+        refused = {}
+        for path in files:
+            try:
+                self.pipe.prepare_images([path])
+            except JanusError as e:  # named as the user knows it, not by its server path
+                refused[path] = hide_paths(str(e))
+        return refused
 
     def bot_turn(self, history: list, temperature, top_p, max_new_tokens, seed, num_images, cfg_weight,
                  image_temperature, image_seed, randomize_image_seed, negative_prompt, request: gr.Request):

@@ -204,8 +204,9 @@ def test_a_refused_upload_says_why_and_keeps_the_conversation(browser, server, t
     expect(bots).to_have_count(1)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not the rest of a PNG" * 20)
-    page.set_input_files("#chat-input input[data-testid=file-upload]", [str(broken)])
-    expect(page.locator("#chat-input img")).to_have_count(1)
+    page.set_input_files("#chat-input input[data-testid=file-upload]", [str(broken), str(ASSETS / "shapes.png")])
+    thumbnails = page.locator("#chat-input img")
+    expect(thumbnails).to_have_count(2)
     page.fill("#chat-input textarea", "What is this?")
     page.click("#chat-input [data-testid=submit-button]")
     toast(page, "broken.png is not a readable image")
@@ -213,7 +214,13 @@ def test_a_refused_upload_says_why_and_keeps_the_conversation(browser, server, t
     expect(users).to_have_count(1)  # the conversation is as it was
     expect(bots).to_have_count(1)
     assert "/tmp" not in page.locator("body").inner_text()  # no server path in the message
+    # The message waits to be sent again: its text and the good image, without the refused one.
+    expect(thumbnails).to_have_count(1)
+    expect(page.locator("#chat-input textarea")).to_have_value("What is this?")
     expect(page.locator("#chat-input textarea")).to_be_enabled()
+    chat_run(page, lambda: page.click("#chat-input [data-testid=submit-button]"))
+    expect(bots).to_have_count(2)
+    expect(page.locator("#chatbot img[src*='shapes']")).to_have_count(1)
     page.context.close()
 
 
