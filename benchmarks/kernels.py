@@ -12,13 +12,18 @@ on our recipe (dynamic-quantization group, bf16 activations, one thread), and th
 recipes NNCF offers (symmetric, group 128, per channel) -- which would be a change of the
 shipped recipe, not a setting.
 
---ours times janus_ov's own int4 matmul operation (matmul.cpp, as the runtime's step model
+--ours times janus_ov's own int4 matmul operation (matmul.cpp, as the runtime's language model
 uses it) against the plugin's on the same weights, the two taking turns call by call, also at
-prompt-sized row counts (where the runtime hands calls to the plugin's prompt model).
+prompt-sized row counts (prompts run on ours too).
+
+--static times our chain compiled as the runtime compiles its language model, with a dynamic
+row count, against the same chain reshaped to each row count before compiling: what the plugin's
+per-call work on dynamic shapes costs our operations (a step's row count is known in advance).
 
     python -m benchmarks.kernels            # our recipe, default settings: one JSON line
     python -m benchmarks.kernels --sweep    # settings and recipes (~6 min on 2 cores)
     python -m benchmarks.kernels --ours [--recipe int4_sym_g128]  # the plugin's int4 matmuls against ours (~2 min)
+    python -m benchmarks.kernels --static   # our chain, dynamic row count against static (~1 min)
 """
 
 from __future__ import annotations
@@ -119,7 +124,6 @@ def against_ours(rows=(1, 2, 4, 8, 16, 32, 64), reps: int = 15, **shape) -> dict
     import openvino as ov
 
     from janus_ov import matmul
-    from janus_ov.runtime import streaming_config
 
     def pair(**chain):
         plugin, nbytes = build_matmul_chain(**chain)
@@ -128,9 +132,7 @@ def against_ours(rows=(1, 2, 4, 8, 16, 32, 64), reps: int = 15, **shape) -> dict
         return nbytes, swapped, {name: ov.Core().compile_model(m, "CPU", config).create_infer_request()
                                  for name, m in (("plugin", plugin), ("ours", ours))}
 
-    config = {"PERFORMANCE_HINT": "LATENCY", **streaming_config(build_matmul_chain(layers=1)[0], "CPU", {})}
-    if not matmul.prepare("CPU", config):
-        raise SystemExit("our int4 matmul is not used on this CPU (it needs AVX-512 VNNI) or cannot be built")
+    config = _ours_config()
     nbytes, swapped, requests = pair(**shape)
     _, _, one_layer = pair(**{**shape, "layers": 1})
     out = {"weight_bytes": nbytes, "matmuls_swapped": swapped, "config": config, "rows": {}}
@@ -153,6 +155,52 @@ def against_ours(rows=(1, 2, 4, 8, 16, 32, 64), reps: int = 15, **shape) -> dict
     return out
 
 
+def _ours_config() -> dict:
+    """The runtime's settings for an int4 language model, once our operations are loaded."""
+    from janus_ov import matmul
+    from janus_ov.runtime import streaming_config
+
+    config = {"PERFORMANCE_HINT": "LATENCY", **streaming_config(build_matmul_chain(layers=1)[0], "CPU", {})}
+    if not matmul.prepare("CPU", config):
+        raise SystemExit("our int4 matmul is not used on this CPU (it needs AVX-512 VNNI) or cannot be built")
+    return config
+
+
+def static_rows(rows=(1, 8), reps: int = 30, **shape) -> dict:
+    """Median ms per call of our chain compiled with a dynamic row count and of the same chain
+    compiled for each row count, taking turns."""
+    import numpy as np
+    import openvino as ov
+
+    from janus_ov import matmul
+
+    config = _ours_config()
+
+    def compiled(static_rows=None):
+        model, _ = build_matmul_chain(**shape)
+        matmul.replace_int4_matmuls(model)
+        if static_rows is not None:
+            model.reshape({model.inputs[0]: ov.PartialShape([static_rows, model.inputs[0].get_partial_shape()[1]])})
+        return ov.Core().compile_model(model, "CPU", config).create_infer_request()
+
+    dynamic, out = compiled(), {"config": config, "rows": {}}
+    for m in rows:
+        requests = {"dynamic": dynamic, "static": compiled(m)}
+        x = np.random.default_rng(1).standard_normal((m, dynamic.get_compiled_model().inputs[0]
+                                                      .get_partial_shape()[1].get_length())).astype(np.float32)
+        # equal_nan: a random chain of 24 layers overflows float32
+        same = np.array_equal(dynamic.infer({0: x})[0], requests["static"].infer({0: x})[0], equal_nan=True)
+        times = {name: [] for name in requests}
+        for _ in range(reps):
+            for name, r in requests.items():
+                t0 = time.perf_counter()
+                r.infer({0: x})
+                times[name].append(time.perf_counter() - t0)
+        ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+        out["rows"][m] = {**{f"{n}_ms": float(f"{v:.3g}") for n, v in ms.items()}, "same_outputs": same}
+    return out
+
+
 def sweep(rows=ROWS, reps: int = 30, **shape) -> dict:
     """Every setting on our recipe, then every other recipe with the default settings."""
     out = {"settings": {}, "recipes": {}}
@@ -172,6 +220,8 @@ if __name__ == "__main__":
     parser.add_argument("--sweep", action="store_true", help="CPU plugin settings and NNCF recipes")
     parser.add_argument("--ours", action="store_true", help="the plugin's int4 matmuls against janus_ov's own")
     parser.add_argument("--recipe", choices=RECIPES, default=SHIPPED, help="with --ours: the weights' recipe")
+    parser.add_argument("--static", action="store_true", help="our chain: a dynamic row count against static ones")
     args = parser.parse_args()
-    print(json.dumps(sweep() if args.sweep else against_ours(recipe=args.recipe) if args.ours else measure(),
-                     indent=1 if args.ours else None))
+    result = (sweep() if args.sweep else against_ours(recipe=args.recipe) if args.ours else static_rows() if args.static
+              else measure())
+    print(json.dumps(result, indent=1 if args.ours or args.static else None))

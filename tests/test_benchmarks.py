@@ -93,6 +93,19 @@ def test_kernels_against_ours_times_both_on_the_same_weights():
         assert row["max_relative_difference_one_layer"] < 1e-4
 
 
+@pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= cpu_flags(),
+                    reason="our int4 matmul runs on CPUs with AVX-512 VNNI only")
+def test_kernels_static_times_our_chain_with_dynamic_and_static_rows():
+    """benchmarks.kernels --static on a one-layer chain: both compilations timed at each row count,
+    with the same outputs (the same kernel on the same weights)."""
+    from benchmarks import kernels
+
+    res = kernels.static_rows(rows=(1, 3), reps=2, layers=1, hidden=128, mlp=256)
+    assert set(res["rows"]) == {1, 3}
+    for row in res["rows"].values():
+        assert row["dynamic_ms"] > 0 and row["static_ms"] > 0 and row["same_outputs"]
+
+
 def test_kernel_sweep_runs_every_setting_and_recipe_on_the_plugin():
     """benchmarks.kernels --sweep on a one-layer chain: each CPU-plugin setting and NNCF recipe
     compiles and runs, and the bytes its GB/s divide by are the compressed weights' own."""
