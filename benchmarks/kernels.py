@@ -33,6 +33,8 @@ import json
 import statistics
 import time
 
+from .report import in_turns
+
 LAYERS, HIDDEN, MLP = 24, 2048, 5632
 ROWS = (1, 2, 4, 8)
 
@@ -141,8 +143,8 @@ def against_ours(rows=(1, 2, 4, 8, 16, 32, 64), reps: int = 15, **shape) -> dict
                                                       .get_partial_shape()[1].get_length())).astype(np.float32)
         first = {name: r.infer({0: x})[0].copy() for name, r in one_layer.items()}
         times = {name: [] for name in requests}
-        for _ in range(reps):
-            for name, r in requests.items():
+        for i in range(reps):
+            for name, r in in_turns(requests.items(), i):
                 t0 = time.perf_counter()
                 r.infer({0: x})
                 times[name].append(time.perf_counter() - t0)
@@ -191,8 +193,8 @@ def static_rows(rows=(1, 8), reps: int = 30, **shape) -> dict:
         # equal_nan: a random chain of 24 layers overflows float32
         same = np.array_equal(dynamic.infer({0: x})[0], requests["static"].infer({0: x})[0], equal_nan=True)
         times = {name: [] for name in requests}
-        for _ in range(reps):
-            for name, r in requests.items():
+        for i in range(reps):
+            for name, r in in_turns(requests.items(), i):
                 t0 = time.perf_counter()
                 r.infer({0: x})
                 times[name].append(time.perf_counter() - t0)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .report import in_turns
+
 
 def tasks(core, ir: Path, setting: dict, prompts, past: int, rows, calls: int) -> dict:
     """name -> callable for one setting's compiled language model; each returns the seconds its
@@ -71,9 +73,9 @@ def measure(ir: Path, settings: dict, rounds: int = 7, prompts=(640,), past: int
         for run in task.values():
             run()
     times = {name: {t: [] for t in task} for name, task in runs.items()}
-    for _ in range(rounds):
+    for i in range(rounds):
         for t in times[next(iter(runs))]:
-            for name in runs:
+            for name in in_turns(runs, i):
                 times[name][t].append(runs[name][t]())
     return {name: {t: round(statistics.median(v) * 1e3 / (1 if t.startswith("prefill") else calls), 2) for t, v in per.items()}
             for name, per in times.items()}

@@ -22,6 +22,14 @@ def cpu_model() -> str:
     return cpu_info().get("model name") or platform.processor() or platform.machine()
 
 
+def in_turns(items, round_no: int) -> list:
+    """`items` in order on even rounds and reversed on odd ones, for measurements taking turns call by
+    call: of two identical models run back to back the second measured 1.3-2 ms (5-6 %) faster a step
+    (design-measurements.md), so each side goes second half of the time."""
+    items = list(items)
+    return items if round_no % 2 == 0 else items[::-1]
+
+
 def cpu_family() -> str:
     """The CPU family number: our "AMD EPYC" VMs with AVX-512 are Zen 4 (family 25) or Zen 5 (26)."""
     from janus_ov.tuning import cpu_info

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import MODELS_DIR
+from .report import in_turns
 
 CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
@@ -104,8 +105,8 @@ def run_steps(models: dict, steps: int) -> dict:
     times = {name: [] for name in models}
     layers = {name: defaultdict(float) for name in models}
     calls = {name: defaultdict(float) for name in models}
-    for _ in range(steps):
-        for name, (step, requests) in models.items():
+    for i in range(steps):
+        for name, (step, requests) in in_turns(models.items(), i):
             t0 = time.perf_counter()
             step()
             times[name].append((time.perf_counter() - t0) * 1e3)
