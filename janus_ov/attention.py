@@ -100,7 +100,7 @@ def replace_paged_attention(model: ov.Model) -> bool:
     flat, heads = ops.constant(np.array([-1], np.int64)), ops.constant(np.array([-1, size], np.int64))
     start = ops.gather(ops.shape_of(ops.reshape(book, heads, False), i64), zero, 0)
     stop = ops.add(start, ops.gather(ops.shape_of(ops.reshape(first.input_value(0), heads, False), i64), zero, 0))
-    step, rows = ops.constant(np.array([1], np.int64)), ops.constant(np.array([-1, width_q], np.int64))
+    step = ops.constant(np.array([1], np.int64))
     block = BLOCK_SIZE["CPU"]
     for node, (kv_heads, size) in zip(nodes, shapes):
         layer = int(node.input_value(3).get_any_name().split(".")[-1])  # key_cache.<layer>
@@ -108,7 +108,8 @@ def replace_paged_attention(model: ov.Model) -> bool:
         packed = ops.concat([book] + [ops.reshape(node.input_value(i), flat, False) for i in (0, 1, 2)], 0)
         ours = _new_node(packed, layer, width_q // size, scale)
         out = ops.slice(ops.reshape(ours, heads, False), start, stop, step, zero)
-        node.output(0).replace(ops.reshape(out, rows, False).output(0))
+        # To the queries' own shape: static where the model's token count is (kv_cache.with_tokens).
+        node.output(0).replace(ops.reshape(out, ops.shape_of(node.input_value(0), i64), False).output(0))
         keys, values = (node.input_value(i).get_node() for i in (3, 4))
         keys.set_element_type(ov.Type.u8)
         keys.set_partial_shape(ov.PartialShape([-1, kv_heads, block + 8, size]))

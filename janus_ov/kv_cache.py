@@ -39,6 +39,20 @@ def paged(model: ov.Model, device: str, config: dict) -> ov.Model:
     return model
 
 
+def with_tokens(model: ov.Model, tokens: int) -> ov.Model:
+    """A copy of a paged language model for calls of exactly `tokens` tokens (any rows): its token
+    inputs of static length, so the CPU plugin infers no shapes at each call (our operations
+    included: attention's output takes its queries' shape). The copy's matmuls share our weights."""
+    model = model.clone()
+    shapes = {}
+    for port in model.inputs:
+        if port.get_any_name() in ("inputs_embeds", "position_ids"):
+            shape = port.get_partial_shape()
+            shapes[port] = ov.PartialShape([ov.Dimension(tokens)] + [shape[i] for i in range(1, shape.rank.get_length())])
+    model.reshape(shapes)
+    return model
+
+
 def uncached(config: dict) -> dict:
     """No compiled-model cache for a paged model: the cache key of a model object is a hash of all
     its weights, which takes longer than compiling it."""

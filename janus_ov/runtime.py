@@ -1,7 +1,8 @@
 """Compiled OpenVINO parts and a bounded pool of per-request inference contexts.
 
 One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once (on CPUs with AMX
-the language model twice: a bf16 copy for prompts, see prompt_config). Each request
+the language model twice: a bf16 copy for prompts, see prompt_config; where our int4 matmuls run
+it, copies for the token counts of steps too, see STEP_TOKENS). Each request
 borrows a `Context`: its own infer requests for the language model (with its own paged KV
 cache, kv_cache.py) and for the small per-step parts. The two big one-shot parts (vision encoder, VQ
 decoder) have one shared infer request each, behind a lock: they run once per request and
@@ -31,8 +32,9 @@ import numpy as np
 import openvino as ov
 import psutil
 
+from . import matmul
 from .errors import ModelNotFoundError
-from .kv_cache import PagedKVCache, cache_inputs, paged, uncached
+from .kv_cache import PagedKVCache, cache_inputs, paged, uncached, with_tokens
 from .memory import drop_mapped_pages
 from .model_info import ModelInfo
 from .parts import PARTS, int4_group_size, integer_weights
@@ -104,6 +106,11 @@ def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
     return {**chosen, **config}
 
 
+# Token counts of the calls most steps make (a chat token; the CFG rows of one image and of two, the
+# app's default) that get a copy of the language model compiled for exactly that many tokens, where
+# our int4 matmuls run it: the plugin then infers no shapes at each call (design-measurements.md).
+STEP_TOKENS = (1, 2, 4)
+
 # A language-model call of at least this many tokens runs on the prompt model where there is one:
 # the two models' times cross between 32 and 64 tokens on the Intel kind (design-measurements.md).
 PROMPT_TOKENS = 64
@@ -157,12 +164,13 @@ class Context:
         models = {name: runtime.compiled[name] for name in PER_REQUEST}
         if runtime.prompt_model is not None:
             models["prompt_model"] = runtime.prompt_model
+        models.update({f"language_model.{tokens}": model for tokens, model in runtime.step_models.items()})
         self.req = {name: model.create_infer_request() for name, model in models.items()}
         self._dtypes = {name: {p.get_any_name(): p.get_element_type().to_dtype() for p in model.inputs}
                         for name, model in models.items()}
         self._bound = {name: {} for name in models}  # input -> (caller's array or None, array the tensor uses)
-        # The prompt model's request works on the same cache tensors as the language model's.
-        self.also_lm = [self.req["prompt_model"]] if "prompt_model" in self.req else []
+        # The other language models' requests work on the same cache tensors as the language model's.
+        self.also_lm = [self.req[name] for name in models if name == "prompt_model" or name.startswith("language_model.")]
         self.kv = PagedKVCache(self.req["language_model"], runtime.device, self.also_lm)
         self.prefix = PrefixCache(self.kv.block_size)  # what the KV cache holds from the last chat turn
 
@@ -214,7 +222,9 @@ class Context:
         return hidden if len(hidden) == rows else hidden[np.cumsum(lengths)[lengths > 0] - 1]
 
     def lm_part(self, tokens: int) -> str:
-        """Which compiled language model runs a call of `tokens` tokens (see prompt_config)."""
+        """Which compiled language model runs a call of `tokens` tokens (see STEP_TOKENS, prompt_config)."""
+        if f"language_model.{tokens}" in self.req:
+            return f"language_model.{tokens}"
         return "prompt_model" if tokens >= PROMPT_TOKENS and "prompt_model" in self.req else "language_model"
 
     def lm_head(self, hidden_states: np.ndarray) -> np.ndarray:
@@ -267,9 +277,11 @@ class Runtime:
                 self._paged = self._paged_models()
                 with ThreadPoolExecutor(max_workers=len(PARTS) + 1) as pool:
                     prompt_model = pool.submit(self._compile_prompt_model)
+                    steps = {tokens: pool.submit(self._compile, name) for tokens, name in self._step_parts().items()}
                     compiled = pool.map(self._compile, PARTS)
                     self.compiled = dict(zip(PARTS, compiled))
                     self.prompt_model = prompt_model.result()
+                    self.step_models = {tokens: future.result() for tokens, future in steps.items()}
         except BaseException:
             loading.set()
             raise
@@ -301,7 +313,15 @@ class Runtime:
         config = prompt_config(lm, self.device, self.config, weights=weights)
         if config is not None:
             models["prompt_model"] = (core().read_model(xml), config)
-        return {name: (paged(model, self.device, config), config) for name, (model, config) in models.items()}
+        made = {name: (paged(model, self.device, config), config) for name, (model, config) in models.items()}
+        model, config = made["language_model"]
+        if matmul.OP_TYPE in {op.get_type_name() for op in model.get_ops()}:
+            made.update({f"language_model.{tokens}": (with_tokens(model, tokens), config) for tokens in STEP_TOKENS})
+        return made
+
+    def _step_parts(self) -> dict:
+        """tokens -> the name of the language model compiled for calls of that many tokens."""
+        return {int(name.split(".")[1]): name for name in self._paged if name.startswith("language_model.")}
 
     def _compile(self, part: str) -> ov.CompiledModel:
         xml = self.model_dir / f"{part}.xml"
@@ -411,6 +431,9 @@ def warm_up_parts(ctx: Context, after_each=lambda: None) -> None:
     if "prompt_model" in ctx.req:  # a call long enough for it
         ctx.start([PROMPT_TOKENS])
         ctx.language_model(np.zeros((PROMPT_TOKENS, hidden), np.float32), [PROMPT_TOKENS])
+    for rows in ctx.runtime.step_models:  # each step model's first call, one token a row
+        ctx.start([1] * rows)
+        ctx.language_model(np.zeros((rows, hidden), np.float32))
     after_each()
     for run in (lambda: ctx.lm_head(step[:1, None]), lambda: ctx.gen_head(step, np.array(1.0, np.float32)),
                 lambda: ctx.vision(np.zeros((1, 3, size, size), np.float32)),

@@ -146,9 +146,11 @@ def test_wanted_on_avx512_vnni_with_f32_activations(monkeypatch):
 
 
 def test_the_runtime_runs_every_call_on_ours(tiny_ir_lm_int4, monkeypatch):
-    """On this CPU (no AMX) the runtime compiles the language model once, with our matmuls and our
-    attention, for prompts and steps alike. Every output of a chat-like run (prompts of several rows,
-    steps, a follow-up) matches the model with the plugin's matmuls (JANUS_OV_MATMUL=plugin)."""
+    """On this CPU (no AMX) the runtime compiles the language model with our matmuls and our
+    attention, for prompts and steps alike, plus copies for the steps' token counts (STEP_TOKENS) that
+    calls of those sizes run on. Every output of a chat-like run (prompts of several rows, steps, a
+    follow-up) matches the model with the plugin's matmuls (JANUS_OV_MATMUL=plugin), and the copies
+    give what the one model gives alone."""
     from janus_ov import runtime as rt
 
     monkeypatch.setattr(rt, "cpu_flags", lambda: cpu_flags() - {"amx_bf16"})  # as on an AMD kind
@@ -159,18 +161,28 @@ def test_the_runtime_runs_every_call_on_ours(tiny_ir_lm_int4, monkeypatch):
         runtime = rt.Runtime(tiny_ir_lm_int4, max_concurrency=1, warm_up=False)
         rng = np.random.default_rng(3)
         with runtime.context() as ctx:
-            ctx.start([170, 45])
+            ctx.start([180, 50])
             outputs = [np.array(ctx.language_model(rng.standard_normal((sum(n), width)).astype(np.float32), n))
-                       for n in ([90, 40], [1, 1], [1, 1], [7, 1], [1, 0], [66, 1])]
+                       for n in ([90, 40], [1, 1], [1, 1], [3, 1], [7, 1], [1, 0], [66, 1])]
         return runtime, outputs
 
     ours, got = run()
-    assert ours.prompt_model is None
+    assert ours.prompt_model is None and set(ours.step_models) == set(rt.STEP_TOKENS)
     types = {op.get_type_name() for op in ours._paged["language_model"][0].get_ops()}
     assert matmul.OP_TYPE in types and "JanusPagedAttention" in types
+    with ours.context() as ctx:
+        assert [ctx.lm_part(n) for n in (1, 2, 3, 90)] == ["language_model.1", "language_model.2"] + ["language_model"] * 2
+    for tokens in rt.STEP_TOKENS:  # static all through: no shape left to infer at a call
+        assert not any(op.get_output_partial_shape(0).is_dynamic for op in ours._paged[f"language_model.{tokens}"][0].get_ops()
+                       if op.get_type_name() == matmul.OP_TYPE)
+    monkeypatch.setattr(rt, "STEP_TOKENS", ())
+    _, alone = run()
+    for g, a in zip(got, alone):
+        np.testing.assert_allclose(g, a, rtol=1e-5, atol=1e-6)
     monkeypatch.setenv("JANUS_OV_MATMUL", "plugin")
     plugin, want = run()
     assert matmul.OP_TYPE not in {op.get_type_name() for op in plugin._paged["language_model"][0].get_ops()}
+    assert plugin.step_models == {}
     for i, (g, w) in enumerate(zip(got, want)):
         cos = (g * w).sum(-1) / np.linalg.norm(g, axis=-1) / np.linalg.norm(w, axis=-1)
         assert (cos >= 0.99).all(), (i, cos)

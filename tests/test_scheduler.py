@@ -192,7 +192,7 @@ def test_prompts_run_on_the_prompt_model_in_the_scheduler_as_alone(tiny_ir_lm_in
     assert stream.stats["prompt_tokens"] >= rt.PROMPT_TOKENS and stream.stats["new_tokens"] == 8
     ctx = pipe._scheduler.ctx
     assert ctx.req["prompt_model"].get_output_tensor(0).get_shape()[0] == stream.stats["prompt_tokens"]
-    assert ctx.req["language_model"].get_output_tensor(0).get_shape()[0] == 1  # the tokens after the first
+    assert ctx.req[ctx.lm_part(1)].get_output_tensor(0).get_shape()[0] == 1  # the tokens after the first
     assert answer == str(alone.chat(question, max_new_tokens=8))
     pipe.close(), alone.close()
 
