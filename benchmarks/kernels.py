@@ -142,19 +142,24 @@ def against_ours(rows=(1, 2, 4, 8, 16, 32, 64), reps: int = 15, **shape) -> dict
         x = np.random.default_rng(1).standard_normal((m, requests["ours"].get_compiled_model().inputs[0]
                                                       .get_partial_shape()[1].get_length())).astype(np.float32)
         first = {name: r.infer({0: x})[0].copy() for name, r in one_layer.items()}
-        times = {name: [] for name in requests}
-        for i in range(reps):
-            for name, r in in_turns(requests.items(), i):
-                t0 = time.perf_counter()
-                r.infer({0: x})
-                times[name].append(time.perf_counter() - t0)
-        ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+        ms = _median_ms(requests, x, reps)
         diff = np.abs(first["ours"] - first["plugin"]).max() / np.abs(first["plugin"]).max()
         out["rows"][m] = {**{f"{n}_ms": float(f"{v:.3g}") for n, v in ms.items()},
                           "plugin_over_ours": round(ms["plugin"] / ms["ours"], 2),
                           "ours_weights_gb_per_s": float(f"{nbytes / ms['ours'] / 1e6:.3g}"),
                           "max_relative_difference_one_layer": float(f"{diff:.2g}")}
     return out
+
+
+def _median_ms(requests: dict, x, reps: int) -> dict:
+    """name -> median ms of `reps` calls of each request on `x`, taking turns (in_turns)."""
+    times = {name: [] for name in requests}
+    for i in range(reps):
+        for name, r in in_turns(requests.items(), i):
+            t0 = time.perf_counter()
+            r.infer({0: x})
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
 def _ours_config() -> dict:
@@ -192,13 +197,7 @@ def static_rows(rows=(1, 8), reps: int = 30, **shape) -> dict:
                                                       .get_partial_shape()[1].get_length())).astype(np.float32)
         # equal_nan: a random chain of 24 layers overflows float32
         same = np.array_equal(dynamic.infer({0: x})[0], requests["static"].infer({0: x})[0], equal_nan=True)
-        times = {name: [] for name in requests}
-        for i in range(reps):
-            for name, r in in_turns(requests.items(), i):
-                t0 = time.perf_counter()
-                r.infer({0: x})
-                times[name].append(time.perf_counter() - t0)
-        ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+        ms = _median_ms(requests, x, reps)
         out["rows"][m] = {**{f"{n}_ms": float(f"{v:.3g}") for n, v in ms.items()}, "same_outputs": same}
     return out
 
