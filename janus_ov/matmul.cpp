@@ -86,8 +86,8 @@ std::shared_ptr<Weights> pack(const uint8_t* u, const uint16_t* scale, const uin
     return w;
 }
 
-// Activations, int8 per group of 64 (q ~ x / a, symmetric), in tiles of 8 rows (the last one padded
-// with zeros) laid out for the kernel: the 4-byte chunk c of a tile's row r at q[(c * 8 + r) * 4], so
+// Activations, int8 per group of 64 (q ~ x / a, symmetric), in tiles of 8 rows (a last tile's missing
+// rows are never read) laid out for the kernel: the 4-byte chunk c of a tile's row r at q[(c * 8 + r) * 4], so
 // one pass's loads of a chunk for its 8 rows are 32 bytes in a row at fixed offsets.
 struct Activations {
     int rows = 0, K = 0;
