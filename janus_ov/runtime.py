@@ -111,6 +111,11 @@ def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
 # our int4 matmuls run it: the plugin then infers no shapes at each call (design-measurements.md).
 STEP_TOKENS = (1, 2, 4)
 
+
+def step_part(tokens: int) -> str:
+    """The part name of the language model's copy compiled for calls of exactly `tokens` tokens."""
+    return f"language_model.{tokens}"
+
 # A language-model call of at least this many tokens runs on the prompt model where there is one:
 # the two models' times cross between 32 and 64 tokens on the Intel kind (design-measurements.md).
 PROMPT_TOKENS = 64
@@ -164,13 +169,14 @@ class Context:
         models = {name: runtime.compiled[name] for name in PER_REQUEST}
         if runtime.prompt_model is not None:
             models["prompt_model"] = runtime.prompt_model
-        models.update({f"language_model.{tokens}": model for tokens, model in runtime.step_models.items()})
+        models.update({step_part(tokens): model for tokens, model in runtime.step_models.items()})
         self.req = {name: model.create_infer_request() for name, model in models.items()}
         self._dtypes = {name: {p.get_any_name(): p.get_element_type().to_dtype() for p in model.inputs}
                         for name, model in models.items()}
         self._bound = {name: {} for name in models}  # input -> (caller's array or None, array the tensor uses)
         # The other language models' requests work on the same cache tensors as the language model's.
-        self.also_lm = [self.req[name] for name in models if name == "prompt_model" or name.startswith("language_model.")]
+        others = ["prompt_model", *map(step_part, runtime.step_models)]
+        self.also_lm = [self.req[name] for name in others if name in self.req]
         self.kv = PagedKVCache(self.req["language_model"], runtime.device, self.also_lm)
         self.prefix = PrefixCache(self.kv.block_size)  # what the KV cache holds from the last chat turn
 
@@ -223,8 +229,8 @@ class Context:
 
     def lm_part(self, tokens: int) -> str:
         """Which compiled language model runs a call of `tokens` tokens (see STEP_TOKENS, prompt_config)."""
-        if f"language_model.{tokens}" in self.req:
-            return f"language_model.{tokens}"
+        if tokens in self.runtime.step_models:
+            return step_part(tokens)
         return "prompt_model" if tokens >= PROMPT_TOKENS and "prompt_model" in self.req else "language_model"
 
     def lm_head(self, hidden_states: np.ndarray) -> np.ndarray:
@@ -316,12 +322,12 @@ class Runtime:
         made = {name: (paged(model, self.device, config), config) for name, (model, config) in models.items()}
         model, config = made["language_model"]
         if matmul.OP_TYPE in {op.get_type_name() for op in model.get_ops()}:
-            made.update({f"language_model.{tokens}": (with_tokens(model, tokens), config) for tokens in STEP_TOKENS})
+            made.update({step_part(tokens): (with_tokens(model, tokens), config) for tokens in STEP_TOKENS})
         return made
 
     def _step_parts(self) -> dict:
         """tokens -> the name of the language model compiled for calls of that many tokens."""
-        return {int(name.split(".")[1]): name for name in self._paged if name.startswith("language_model.")}
+        return {tokens: step_part(tokens) for tokens in STEP_TOKENS if step_part(tokens) in self._paged}
 
     def _compile(self, part: str) -> ov.CompiledModel:
         xml = self.model_dir / f"{part}.xml"
