@@ -106,10 +106,11 @@ def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
     return {**chosen, **config}
 
 
-# Token counts of the calls most steps make (a chat token; the CFG rows of one image and of two, the
-# app's default) that get a copy of the language model compiled for exactly that many tokens, where
-# our int4 matmuls run it: the plugin then infers no shapes at each call (design-measurements.md).
-STEP_TOKENS = (1, 2, 4)
+# Token counts of the calls most steps make (a chat token; the CFG rows of one image, of two -- the
+# app's default -- and of four, the most it draws at once) that get a copy of the language model
+# compiled for exactly that many tokens, where our int4 matmuls run it: the plugin then infers no
+# shapes at each call (design-measurements.md; benchmarks/step_copies.py).
+STEP_TOKENS = (1, 2, 4, 8)
 
 
 def step_part(tokens: int) -> str:

@@ -412,6 +412,25 @@ def test_step_profile_takes_turns_between_our_int4_matmuls_and_the_plugins(tiny_
             out["ours_1_images_plugin_matmul"]["layers_ms"]["FullyConnectedCompressed"]
 
 
+@pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= cpu_flags(),
+                    reason="step copies exist only where our int4 matmuls (AVX-512 VNNI) run the language model")
+def test_step_copies_alternate_a_copy_and_the_dynamic_model_in_the_pipeline(tiny_ir_lm_int4):
+    """benchmarks.step_copies: a real request's image steps split evenly between the shipped copy and
+    the dynamic model; with --add-copy a copy the runtime does not ship, for this run only."""
+    from benchmarks import step_copies
+    from janus_ov import runtime
+
+    shipped = step_copies.measure(tiny_ir_lm_int4, images=1, requests=1)
+    assert shipped["tokens"] == 2 and shipped["copy_ms"] > 0 and shipped["dynamic_ms"] > 0
+    # The 575 steps after the prompt's call, in balanced turns (benchmarks.report.in_turns).
+    assert sorted(shipped["calls"].items()) == [("language_model", 288), ("language_model.2", 287)]
+    added = step_copies.measure(tiny_ir_lm_int4, images=3, requests=1, add_copy=True)
+    assert sorted(added["calls"].items()) == [("language_model", 288), ("language_model.6", 287)]
+    assert 6 not in runtime.STEP_TOKENS
+    with pytest.raises(SystemExit, match="no step copy for 6 tokens"):
+        step_copies.measure(tiny_ir_lm_int4, images=3, requests=1)
+
+
 def test_decode_attention_kernel_matches_the_plugins_attention_on_its_own_cache(tiny_ir_fp32):
     """benchmarks.decode_attention takes the runtime's build of its kernel and reads the cache the CPU plugin's
     PagedAttention wrote in a real decode step (rows of different blocks, a partial last block): its
