@@ -86,12 +86,20 @@ def bind_cache(request, past: int, rows: int = 1, kv=None, fill=None, width: int
     return kv.step_inputs(np.ones(rows, np.int32))
 
 
+# Our operations run as the plugin's "Reference" nodes: our attention's are named attention.<layer>
+# (janus_ov/attention.py); the rest are our int4 matmuls (and any op the plugin runs by reference).
+OUR_ATTENTION, OTHER_REFERENCE = "Reference (our attention)", "Reference (our matmuls, others)"
+
+
 def by_layer_type(request) -> dict:
     """ms per executed layer type (the plugin's node type, as it ran: fusions show as one node)."""
     totals: dict = defaultdict(float)
     for info in request.profiling_info:
         if info.status.name == "EXECUTED":
-            totals[info.node_type] += info.real_time.total_seconds() * 1e3
+            kind = info.node_type
+            if kind == "Reference":
+                kind = OUR_ATTENTION if info.node_name.startswith("attention.") else OTHER_REFERENCE
+            totals[kind] += info.real_time.total_seconds() * 1e3
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 

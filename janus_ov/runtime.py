@@ -109,7 +109,7 @@ def streaming_config(model: ov.Model, device: str, config: dict) -> dict:
 # Token counts of the calls most steps make (a chat token; the CFG rows of one image, of two -- the
 # app's default -- and of four, the most it draws at once) that get a copy of the language model
 # compiled for exactly that many tokens, where our int4 matmuls run it: the plugin then infers no
-# shapes at each call (design-measurements.md; benchmarks/step_copies.py).
+# shapes at each call (design-measurements.md; benchmarks/pipeline_steps.py --against-dynamic).
 STEP_TOKENS = (1, 2, 4, 8)
 
 

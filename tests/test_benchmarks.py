@@ -222,7 +222,7 @@ def test_step_profile_times_chat_image_and_fused_steps_per_layer_type(tiny_ir_fp
 
     model = core.read_model(str(tiny_ir_fp32 / "language_model.xml"))
     ours = attention.wanted("CPU", streaming_config(model, "CPU", dict(step_profile.CONFIG)))
-    kind = "Reference" if ours else "PagedAttentionExtension"
+    kind = step_profile.OUR_ATTENTION if ours else "PagedAttentionExtension"
     for result in results.values():
         # The counters name what ran (not a timing check: the VM's noise is larger than these tiny steps).
         assert result["step_ms"] > 0 and result["profiled_ms"] > 0, result
@@ -393,7 +393,7 @@ def test_step_profile_takes_turns_between_our_attention_and_the_plugins(tiny_ir_
     out = json.loads(capsys.readouterr().out)
     assert "PagedAttentionExtension" in out["ours_1_images_plugin_attention"]["layers_ms"]
     ours = attention.wanted("CPU", {**step_profile.CONFIG, "INFERENCE_PRECISION_HINT": "f32"})
-    assert ("Reference" if ours else "PagedAttentionExtension") in out["ours_1_images"]["layers_ms"]
+    assert (step_profile.OUR_ATTENTION if ours else "PagedAttentionExtension") in out["ours_1_images"]["layers_ms"]
     assert "JANUS_OV_ATTENTION" not in os.environ
 
 
@@ -414,21 +414,37 @@ def test_step_profile_takes_turns_between_our_int4_matmuls_and_the_plugins(tiny_
 
 @pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= cpu_flags(),
                     reason="step copies exist only where our int4 matmuls (AVX-512 VNNI) run the language model")
-def test_step_copies_alternate_a_copy_and_the_dynamic_model_in_the_pipeline(tiny_ir_lm_int4):
-    """benchmarks.step_copies: a real request's image steps split evenly between the shipped copy and
-    the dynamic model; with --add-copy a copy the runtime does not ship, for this run only."""
-    from benchmarks import step_copies
+def test_pipeline_steps_alternate_a_copy_and_the_dynamic_model(tiny_ir_lm_int4):
+    """benchmarks.pipeline_steps --against-dynamic: a real request's image steps split evenly between the
+    shipped copy and the dynamic model; with --add-copy a copy the runtime does not ship, for this run only."""
+    from benchmarks import pipeline_steps
     from janus_ov import runtime
 
-    shipped = step_copies.measure(tiny_ir_lm_int4, images=1, requests=1)
+    shipped = pipeline_steps.against_dynamic(tiny_ir_lm_int4, images=1, requests=1)
     assert shipped["tokens"] == 2 and shipped["copy_ms"] > 0 and shipped["dynamic_ms"] > 0
     # The 575 steps after the prompt's call, in balanced turns (benchmarks.report.in_turns).
     assert sorted(shipped["calls"].items()) == [("language_model", 288), ("language_model.2", 287)]
-    added = step_copies.measure(tiny_ir_lm_int4, images=3, requests=1, add_copy=True)
+    added = pipeline_steps.against_dynamic(tiny_ir_lm_int4, images=3, requests=1, add_copy=True)
     assert sorted(added["calls"].items()) == [("language_model", 288), ("language_model.6", 287)]
     assert 6 not in runtime.STEP_TOKENS
     with pytest.raises(SystemExit, match="no step copy for 6 tokens"):
-        step_copies.measure(tiny_ir_lm_int4, images=3, requests=1)
+        pipeline_steps.against_dynamic(tiny_ir_lm_int4, images=3, requests=1)
+
+
+def test_pipeline_steps_profile_names_our_operations(tiny_ir_lm_int4, capsys):
+    """benchmarks.pipeline_steps --profile: every step call of a two-image request counted, with the
+    plugin's counters per layer type, our attention and our matmuls apart where they run."""
+    from benchmarks import pipeline_steps, step_profile
+    from janus_ov import attention
+
+    out = json.loads(json.dumps(pipeline_steps.main(["--ir", str(tiny_ir_lm_int4), "--profile", "--images", "2"])))
+    capsys.readouterr()
+    steps = out["steps"]
+    assert list(steps) == ["4"] and steps["4"]["calls"] == 575 and steps["4"]["wall_ms"] > 0
+    layers = steps["4"]["layers_ms"]
+    assert all(ms >= 0 for ms in layers.values()) and sum(layers.values()) > 0
+    if attention.wanted("CPU", {"INFERENCE_PRECISION_HINT": "f32"}):
+        assert step_profile.OUR_ATTENTION in layers and "PagedAttentionExtension" not in layers
 
 
 def test_decode_attention_kernel_matches_the_plugins_attention_on_its_own_cache(tiny_ir_fp32):
