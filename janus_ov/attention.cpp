@@ -171,13 +171,19 @@ void write_value(const float* x, int S, uint8_t* row) {
 // New key rows [old, end) of one block (x: row t at x + (t - old) * stride). Each channel keeps one
 // scale over the block's tokens: a channel whose new values fall inside the range it already covers
 // keeps it (its old tokens untouched); one whose range grows is re-quantized over old and new tokens.
+// Nearly every new token widens some channels (a block's first tokens most of all), so the
+// re-quantization runs row by row over all channels at once, masked to the widening ones: per channel
+// over the old tokens it was 2.3 us a token and head, a tenth of an 8-row image step.
 void write_keys(uint8_t* block, int S, int old, int end, const float* x, size_t stride, std::vector<float>& work) {
     float* scale = reinterpret_cast<float*>(block);  // the header is 8 S-byte rows: 4-byte aligned
     float* zp = scale + S;
     uint8_t* u = block + 8 * S;
-    work.resize(2 * static_cast<size_t>(S));
+    work.resize(5 * static_cast<size_t>(S));
     float* lo = work.data();
     float* hi = lo + S;
+    float* grow = hi + S;  // 1 where the channel's range must grow, else 0
+    float* new_scale = grow + S;
+    float* new_zp = new_scale + S;
     std::memcpy(lo, x, S * sizeof(float));
     std::memcpy(hi, x, S * sizeof(float));
     for (int t = old + 1; t < end; ++t) {
@@ -185,17 +191,37 @@ void write_keys(uint8_t* block, int S, int old, int end, const float* x, size_t 
 #pragma omp simd
         for (int c = 0; c < S; ++c) lo[c] = std::min(lo[c], r[c]), hi[c] = std::max(hi[c], r[c]);
     }
-    for (int c = 0; c < S; ++c) {
-        if (old > 0) {
+    if (old == 0) {
+        for (int c = 0; c < S; ++c) set_params(lo[c], hi[c], &scale[c], &zp[c]);
+    } else {
+        int growing = 0;
+        for (int c = 0; c < S; ++c) {
             const float have_lo = -zp[c] * scale[c], have_hi = have_lo + 255.f * scale[c];
-            if (lo[c] >= have_lo && hi[c] <= have_hi) continue;  // this channel's range holds the new values
-            float old_values[kBlock];
-            for (int t = 0; t < old; ++t) old_values[t] = (u[t * S + c] - zp[c]) * scale[c];
-            for (int t = 0; t < old; ++t) lo[c] = std::min(lo[c], old_values[t]), hi[c] = std::max(hi[c], old_values[t]);
-            set_params(lo[c], hi[c], &scale[c], &zp[c]);
-            for (int t = 0; t < old; ++t) u[t * S + c] = quantize(old_values[t], 1.f / scale[c], zp[c]);
-        } else {
-            set_params(lo[c], hi[c], &scale[c], &zp[c]);
+            grow[c] = lo[c] >= have_lo && hi[c] <= have_hi ? 0.f : 1.f;
+            growing += grow[c] != 0.f;
+        }
+        if (growing) {
+            // The old tokens' range, in every channel (only the growing ones' is used): no branch, so
+            // the loop vectorizes.
+            for (int t = 0; t < old; ++t) {
+                const uint8_t* row = u + t * S;
+#pragma omp simd
+                for (int c = 0; c < S; ++c) {
+                    const float v = (row[c] - zp[c]) * scale[c], l = lo[c], h = hi[c];
+                    lo[c] = v < l ? v : l, hi[c] = v > h ? v : h;
+                }
+            }
+            for (int c = 0; c < S; ++c) set_params(lo[c], hi[c], &new_scale[c], &new_zp[c]);
+            for (int t = 0; t < old; ++t) {
+                uint8_t* row = u + t * S;
+#pragma omp simd
+                for (int c = 0; c < S; ++c) {
+                    const uint8_t q = quantize((row[c] - zp[c]) * scale[c], 1.f / new_scale[c], new_zp[c]);
+                    row[c] = grow[c] != 0.f ? q : row[c];
+                }
+            }
+            for (int c = 0; c < S; ++c)
+                if (grow[c] != 0.f) scale[c] = new_scale[c], zp[c] = new_zp[c];
         }
     }
     for (int t = old; t < end; ++t) {
