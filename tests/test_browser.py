@@ -192,19 +192,24 @@ def test_each_visitor_sees_only_their_own_figures(browser, server, artifacts_dir
 
 # True once every toast is fully shown and still: Gradio fades a toast in (a Web Animation) and
 # springs it into place, so a screenshot taken as soon as its text is visible catches it faint.
-# Only the toast's countdown bar (class "timer") keeps animating while it is shown.
+# Of a toast's animations only its countdown bar (class "timer") runs on while it is shown.
 _TOASTS_SETTLED = """() => {
     const toasts = [...document.querySelectorAll('[data-testid=toast-body]')];
-    const moving = document.getAnimations().some(a => !a.effect?.target?.classList?.contains('timer'));
+    // Only the toasts' own animations: a spinner elsewhere (a run in progress) keeps animating.
+    const moving = document.getAnimations().some(a => {
+        const el = a.effect && a.effect.target;
+        return el && !el.classList.contains('timer') && toasts.some(t => t.contains(el) || el.contains(t));
+    });
     const key = toasts.map(t => { const r = t.getBoundingClientRect(); return `${r.x},${r.y}`; }).join(';');
     const still = window.__toastPlaces === key;
     window.__toastPlaces = key;
-    return toasts.length > 0 && still && !moving && toasts.every(t => getComputedStyle(t).opacity === '1');
+    // No toast at all: the message is the page's own (the login form's), nothing to wait for.
+    return still && !moving && toasts.every(t => getComputedStyle(t).opacity === '1');
 }"""
 
 
 def toast(page, words: str):
-    """The readable message Gradio shows for a gr.Error / gr.Info, once it is fully shown."""
+    """The readable message Gradio shows for a gr.Error / gr.Info (or the login page's), once fully shown."""
     playwright_api.expect(page.get_by_text(words, exact=False).first).to_be_visible()
     page.wait_for_function(_TOASTS_SETTLED)
 
