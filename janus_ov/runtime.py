@@ -117,6 +117,7 @@ def step_part(tokens: int) -> str:
     """The part name of the language model's copy compiled for calls of exactly `tokens` tokens."""
     return f"language_model.{tokens}"
 
+
 # A language-model call of at least this many tokens runs on the prompt model where there is one:
 # the two models' times cross between 32 and 64 tokens on the Intel kind (design-measurements.md).
 PROMPT_TOKENS = 64
