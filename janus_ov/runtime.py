@@ -285,7 +285,8 @@ class Runtime:
                 self._paged = self._paged_models()
                 with ThreadPoolExecutor(max_workers=len(PARTS) + 1) as pool:
                     prompt_model = pool.submit(self._compile_prompt_model)
-                    steps = {tokens: pool.submit(self._compile, name) for tokens, name in self._step_parts().items()}
+                    steps = {tokens: pool.submit(self._compile, step_part(tokens)) for tokens in STEP_TOKENS
+                             if step_part(tokens) in self._paged}  # copies only where our int4 matmuls run
                     compiled = pool.map(self._compile, PARTS)
                     self.compiled = dict(zip(PARTS, compiled))
                     self.prompt_model = prompt_model.result()
@@ -326,10 +327,6 @@ class Runtime:
         if matmul.OP_TYPE in {op.get_type_name() for op in model.get_ops()}:
             made.update({step_part(tokens): (with_tokens(model, tokens), config) for tokens in STEP_TOKENS})
         return made
-
-    def _step_parts(self) -> dict:
-        """tokens -> the name of the language model compiled for calls of that many tokens."""
-        return {tokens: step_part(tokens) for tokens in STEP_TOKENS if step_part(tokens) in self._paged}
 
     def _compile(self, part: str) -> ov.CompiledModel:
         xml = self.model_dir / f"{part}.xml"
