@@ -13,6 +13,12 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 
 # Tests never touch the network; a Hub id that is not cached must fail fast and clearly.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# OpenVINO's and NNCF's usage telemetry (openvino_telemetry) is on unless declined, and declined in CI
+# runs, which it knows by CI=true alone. Left on, it sends ~30 events per converted part from
+# background threads, which on our machines (no route to its server) made a tiny model's conversion
+# take 14-18 s instead of 6-7 (benchmarks/results/design-measurements.md). Subprocesses inherit it.
+if os.environ.get("CI", "").lower() != "true":
+    os.environ["CI"] = "true"
 
 
 @pytest.fixture(scope="session")
