@@ -42,6 +42,7 @@ from janus_ov import (
     tiny_demo_checkpoint,
     upscale,
 )
+from janus_ov.memory import limit_malloc_arenas
 from janus_ov.web import Guard
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -946,6 +947,7 @@ def openai_api(studio: Studio):
 
 
 def main(argv=None) -> int:
+    limit_malloc_arenas()  # first: before the loading, serving and OpenVINO threads start
     args = parse_args(argv)
     try:
         pipe = load_pipeline(args)

@@ -15,6 +15,9 @@ from .resolve import DEFAULT_MODEL
 
 
 def main(argv=None) -> int:
+    from .memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # first: before the loading, serving and OpenVINO threads start
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m janus_ov serve", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

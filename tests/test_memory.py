@@ -115,3 +115,51 @@ def test_simultaneous_huge_uploads_are_decoded_one_at_a_time(tiny_ir_fp32, tmp_p
     one, four = growth_mib(paths[:1]), growth_mib(paths)
     assert one > 200  # a 64 MP RGBA image really is decoded (256 MB of pixels)
     assert four < 1.5 * one, (one, four)
+
+
+# Eight threads holding malloc'd blocks at once, then glibc's own account of its arenas (malloc_info).
+ARENAS_SCRIPT = r"""
+import ctypes, sys, threading
+from janus_ov.memory import limit_malloc_arenas
+
+capped = limit_malloc_arenas(2) if sys.argv[1] == "cap" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.fopen.restype = ctypes.c_void_p, ctypes.c_void_p
+libc.free.argtypes, libc.malloc_info.argtypes = [ctypes.c_void_p], [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+together = threading.Barrier(8)
+
+def work():
+    blocks = [libc.malloc(4096) for _ in range(256)]
+    together.wait()  # every thread holds its blocks while the others allocate
+    for block in blocks:
+        libc.free(block)
+
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+out = libc.fopen(sys.argv[2].encode(), b"w")
+libc.malloc_info(0, out)
+libc.fclose(out)
+print(capped, open(sys.argv[2]).read().count("<heap nr="))
+"""
+
+
+def test_a_server_caps_mallocs_arenas(tmp_path):
+    """app.py and `python -m janus_ov serve` call limit_malloc_arenas first: glibc then serves all threads
+    from two arenas instead of one per thread (the soak's RSS halved with it)."""
+    import os
+    import subprocess
+
+    def arenas(mode: str) -> tuple[str, int]:
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, mode, str(tmp_path / f"{mode}.xml")], env=env,
+                              capture_output=True, text=True, timeout=60, check=True)
+        capped, heaps = done.stdout.split()
+        return capped, int(heaps)
+
+    assert arenas("cap") == ("True", 2)
+    capped, heaps = arenas("default")
+    assert capped == "False" and heaps > 2  # glibc's default: an arena per thread, up to 8 per core
