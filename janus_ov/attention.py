@@ -60,7 +60,7 @@ def bound(request: ov.InferRequest, tensors: dict) -> None:
     if slot is None:
         slot = request.janus_attention_slot = native.loaded().janus_attention_open()
         request.set_tensor("attention_slot", ov.Tensor(np.array([slot], np.int32)))
-        weakref.finalize(request, _close, slot)
+        weakref.finalize(request, _close, native.loaded(), slot)
     for name, keys in tensors.items():
         if name.startswith("key_cache."):
             layer = int(name.split(".")[1])
@@ -71,8 +71,8 @@ def bound(request: ov.InferRequest, tensors: dict) -> None:
                                                  size)
 
 
-def _close(slot: int) -> None:
-    native.loaded().janus_attention_close(slot)
+def _close(dll, slot: int) -> None:
+    dll.janus_attention_close(slot)  # the library that opened the slot, even if another is loaded by now
     for key in [k for k in _kept if k[0] == slot]:
         del _kept[key]
 

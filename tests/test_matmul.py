@@ -199,7 +199,10 @@ def test_without_a_compiler_one_model_with_the_plugins_matmuls_serves(tiny_ir_lm
     monkeypatch.setattr(native, "_dll", None)
     runtime = rt.Runtime(tiny_ir_lm_int4, max_concurrency=1, warm_up=False, cache_dir=tmp_path / "compiled")
     assert "using the plugin's own operations" in capsys.readouterr().out
-    assert runtime.prompt_model is None and set(runtime._paged) == {"language_model"}
+    # One language model, with the plugin's matmuls; on AMX CPUs its bf16 prompt model beside it, as always.
+    amx = "amx_bf16" in rt.cpu_flags()
+    assert (runtime.prompt_model is not None) == amx
+    assert set(runtime._paged) == {"language_model", *(["prompt_model"] if amx else [])}
     assert matmul.OP_TYPE not in {op.get_type_name() for op in runtime._paged["language_model"][0].get_ops()}
     width = ov.Core().read_model(tiny_ir_lm_int4 / "language_model.xml").input("inputs_embeds").get_partial_shape()[-1]
     with runtime.context() as ctx:
