@@ -28,6 +28,11 @@
 #include <mutex>
 #include <vector>
 
+#if defined(__AMX_INT8__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include <openvino/op/op.hpp>
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -91,6 +96,7 @@ std::shared_ptr<Weights> pack(const uint8_t* u, const uint16_t* scale, const uin
 // one pass's loads of a chunk for its 8 rows are 32 bytes in a row at fixed offsets.
 struct Activations {
     int rows = 0, K = 0;
+    bool by_row = false;                // AMX tiles' layout instead: [tiles][K/64][8][64]
     std::vector<int8_t> q;              // [tiles][K/4][8][4]
     std::vector<float> step, step_sum;  // [tiles][K/64][8]: a, and a * sum q
     int tiles() const { return (rows + kRows - 1) / kRows; }
@@ -102,6 +108,7 @@ void quantize_row(const float* x, Activations& a, int r) {
     int8_t* q = a.q.data() + static_cast<size_t>(t) * K * kRows + lane * 4;
     float* step = a.step.data() + static_cast<size_t>(t) * groups * kRows + lane;
     float* step_sum = a.step_sum.data() + static_cast<size_t>(t) * groups * kRows + lane;
+    int8_t* q_row = a.q.data() + (static_cast<size_t>(t) * K * kRows) + lane * kGroup;  // by_row
     for (int g = 0; g < groups; ++g) {
         const float* xg = x + g * kGroup;
         __m512 v[4], top = _mm512_setzero_ps();
@@ -117,7 +124,10 @@ void quantize_row(const float* x, Activations& a, int r) {
             sum = _mm512_add_epi32(sum, r32);
             alignas(16) int32_t chunks[4];
             _mm_store_si128(reinterpret_cast<__m128i*>(chunks), _mm512_cvtsepi32_epi8(r32));
-            for (int c = 0; c < 4; ++c) std::memcpy(q + ((g * 16 + i * 4 + c) * kRows) * 4, &chunks[c], 4);
+            if (a.by_row)
+                std::memcpy(q_row + (static_cast<size_t>(g) * kRows) * kGroup + 16 * i, chunks, 16);
+            else
+                for (int c = 0; c < 4; ++c) std::memcpy(q + ((g * 16 + i * 4 + c) * kRows) * 4, &chunks[c], 4);
         }
         step[g * kRows] = s;
         step_sum[g * kRows] = s * static_cast<float>(_mm512_reduce_add_epi32(sum));
@@ -174,7 +184,112 @@ void blocks(const Weights& w, const Activations& x, int t, int b0, int b1, float
     }
 }
 
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__)
+// On CPUs with AMX a group's 64 inputs x 16 channels for up to 8 rows are one tile product, where
+// vpdpbusd takes 16 instructions a row: several rows make the vector kernel compute-bound on these
+// CPUs (design-measurements.md). The weights are unpacked to bytes in the B tile's layout (row j:
+// inputs 4j..4j+3 of the 16 channels, as a run packs them: its low nibbles are row 2p, its high
+// nibbles row 2p + 1), the activations are an R x 64 tile, and TDPBSUD (signed activations,
+// unsigned weights) gives the group's R x 16 integer sums, scaled as in blocks().
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+// Linux hands out AMX's tile state only to processes that ask for it.
+bool amx_permitted() {
+    static const bool ok = [] {
+        constexpr long kRequestPermission = 0x1023, kTileData = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+        return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+    }();
+    return ok;
+}
+
+inline void unpack_group(const uint8_t* u, uint8_t* out) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int p = 0; p < kGroup / 8; ++p) {
+        const __m512i v = _mm512_load_si512(u + 64 * p);
+        _mm512_store_si512(out + 128 * p, _mm512_and_si512(v, low));
+        _mm512_store_si512(out + 128 * p + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+    }
+}
+
+// Software-pipelined: in one pass over a block's groups, the pass unpacks groups g, g+1, runs groups
+// g-2, g-1 through the tiles and scales groups g-4, g-3 in, so no tile load waits on the stores that
+// unpacked its bytes and no vector load on the tile store of its sums (neither is forwarded).
+void blocks_amx(int R, const Weights& w, const Activations& x, int t, int b0, int b1, float* y, size_t y_stride) {
+    TileConfig cfg;
+    for (int i : {0, 1, 4, 5}) cfg.rows[i] = static_cast<uint8_t>(R), cfg.colsb[i] = 64;
+    for (int i : {2, 3}) cfg.rows[i] = 16, cfg.colsb[i] = 64;
+    _tile_loadconfig(&cfg);
+    alignas(64) uint8_t unpacked[4][kGroup * kChannels];
+    alignas(64) int32_t sums[4][kRows * kChannels];
+    const int groups = w.groups();
+    const int8_t* qt = x.q.data() + static_cast<size_t>(t) * w.K * kRows;
+    const float* steps = x.step.data() + static_cast<size_t>(t) * groups * kRows;
+    const float* step_sums = x.step_sum.data() + static_cast<size_t>(t) * groups * kRows;
+    constexpr size_t kPacked = kGroup * kChannels / 2;
+    for (int b = b0; b < b1; ++b) {
+        const size_t first = static_cast<size_t>(b) * groups;
+        const uint8_t* bu = w.u.get() + first * kPacked;
+        __m512 acc[kRows];
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+        const auto scale_in = [&](int g) {
+            const int32_t* s = sums[g & 3];
+            const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.scale.get() + (first + g) * kChannels)));
+            const __m512 zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(w.zero.get() + (first + g) * kChannels))));
+            const __m512 zero_scale = _mm512_mul_ps(zero, scale);
+            for (int r = 0; r < R; ++r) {
+                const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(s + r * kChannels));
+                acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(scale, _mm512_set1_ps(steps[g * kRows + r])), acc[r]);
+                acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(step_sums[g * kRows + r]), acc[r]);
+            }
+        };
+        for (int g = 0; g < groups + 4; g += 2) {
+            if (g < groups) {
+                const uint8_t* u = bu + static_cast<size_t>(g) * kPacked;
+                for (int line = 0; line < 16; ++line) _mm_prefetch(reinterpret_cast<const char*>(u + 8192 + 64 * line), _MM_HINT_T0);
+                unpack_group(u, unpacked[g & 3]);
+                if (g + 1 < groups) unpack_group(u + kPacked, unpacked[(g + 1) & 3]);
+            }
+            const int e = g - 2;  // even group through the tiles, then e + 1
+            if (e >= 0 && e < groups) {
+                _tile_loadd(0, qt + static_cast<size_t>(e) * kGroup * kRows, kGroup);
+                _tile_loadd(2, unpacked[e & 3], 64);
+                _tile_zero(4);
+                _tile_dpbsud(4, 0, 2);
+                _tile_stored(4, sums[e & 3], 64);
+                if (e + 1 < groups) {
+                    _tile_loadd(1, qt + static_cast<size_t>(e + 1) * kGroup * kRows, kGroup);
+                    _tile_loadd(3, unpacked[(e + 1) & 3], 64);
+                    _tile_zero(5);
+                    _tile_dpbsud(5, 1, 3);
+                    _tile_stored(5, sums[(e + 1) & 3], 64);
+                }
+            }
+            const int c = g - 4;
+            if (c >= 0 && c < groups) {
+                scale_in(c);
+                if (c + 1 < groups) scale_in(c + 1);
+            }
+        }
+        for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * y_stride + b * kChannels, acc[r]);
+    }
+    _tile_release();
+}
+constexpr bool kHaveAmx = true;
+#else
+constexpr bool kHaveAmx = false;
+bool amx_permitted() { return false; }
+void blocks_amx(int, const Weights&, const Activations&, int, int, int, float*, size_t) {}
+#endif
+
+// Rows from which a call runs on AMX's tiles where the CPU has them (set once by janus_matmul_amx_rows).
+int amx_rows = 0;  // 0: never
+
 void rows_of_blocks(int R, const Weights& w, const Activations& x, int t, int b0, int b1, float* y) {
+    if (x.by_row) return blocks_amx(R, w, x, t, b0, b1, y, w.N);
     switch (R) {
     case 1: return blocks<1>(w, x, t, b0, b1, y, w.N);
     case 2: return blocks<2>(w, x, t, b0, b1, y, w.N);
@@ -193,6 +308,7 @@ void multiply(const Weights& w, const float* x, int rows, float* y) {
     thread_local Activations mine;
     Activations& a = mine;  // this thread's: a thread_local named inside the lambdas would be each worker's own
     a.rows = rows, a.K = w.K;
+    a.by_row = amx_rows > 0 && rows >= amx_rows;
     a.q.resize(static_cast<size_t>(a.tiles()) * kRows * w.K);  // a last tile's missing rows are never read
     a.step.resize(static_cast<size_t>(a.tiles()) * kRows * w.groups());
     a.step_sum.resize(a.step.size());
@@ -282,6 +398,14 @@ int64_t janus_matmul_pack(const uint8_t* u, const uint16_t* scale, const uint8_t
     std::lock_guard<std::mutex> guard(janus::weights_lock);
     janus::registered[janus::next_id] = std::move(weights);
     return janus::next_id++;
+}
+
+// Calls of at least `rows` rows run on AMX's tiles (0: none). Returns false, changing nothing, where
+// this build or the CPU has no AMX or the kernel refuses the process its tile state.
+bool janus_matmul_amx_rows(int rows) {
+    if (rows > 0 && !(janus::kHaveAmx && janus::amx_permitted())) return false;
+    janus::amx_rows = rows;
+    return true;
 }
 
 void janus_matmul_forget(int64_t id) {

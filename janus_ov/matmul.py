@@ -24,6 +24,8 @@ from .tuning import cpu_flags
 
 OP_TYPE = "JanusInt4MatMul"
 GROUP = 64  # the kernel's group of inputs per scale: our recipe's (compress.py); 128 is taken as two
+# Calls of this many rows or more run on AMX's tiles where the CPU has them (design-measurements.md).
+AMX_ROWS = 3
 
 
 def wanted(device: str, config: dict, cpu: set | None = None) -> bool:
@@ -35,10 +37,21 @@ def wanted(device: str, config: dict, cpu: set | None = None) -> bool:
             and config.get("INFERENCE_PRECISION_HINT") == "f32" and os.environ.get("JANUS_OV_MATMUL", "own") == "own")
 
 
+def amx_rows(cpu: set | None = None) -> int:
+    """Rows from which a call runs on AMX's tiles instead of vpdpbusd: AMX_ROWS on CPUs with AMX-INT8
+    (cpu: feature flags, default this machine's), unless JANUS_OV_MATMUL_AMX=off (A/B runs); 0 (never)
+    elsewhere."""
+    flags = cpu_flags() if cpu is None else cpu
+    return AMX_ROWS if "amx_int8" in flags and os.environ.get("JANUS_OV_MATMUL_AMX", "on") == "on" else 0
+
+
 def prepare(device: str, config: dict) -> bool:
     """Build (if need be) and load our operation where `wanted`. True if it is loaded."""
     dll = native.load(config.get("CACHE_DIR")) if wanted(device, config) else None
-    return dll is not None and hasattr(dll, "janus_matmul_pack")
+    if dll is None or not hasattr(dll, "janus_matmul_pack"):
+        return False
+    dll.janus_matmul_amx_rows(amx_rows())  # False, and the vector kernel for every call, if the OS refuses AMX
+    return True
 
 
 def replace_int4_matmuls(model: ov.Model) -> int:

@@ -84,6 +84,8 @@ def load(build_dir: str | Path | None) -> ctypes.CDLL | None:
                 _dll.janus_matmul_pack.restype = ctypes.c_int64
                 _dll.janus_matmul_pack.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
                 _dll.janus_matmul_forget.argtypes = [ctypes.c_int64]
+                _dll.janus_matmul_amx_rows.restype = ctypes.c_bool
+                _dll.janus_matmul_amx_rows.argtypes = [ctypes.c_int]
             _reader = reader
     return _dll or None
 

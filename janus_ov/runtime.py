@@ -1,8 +1,8 @@
 """Compiled OpenVINO parts and a bounded pool of per-request inference contexts.
 
-One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once (on CPUs with AMX
-the language model twice: a bf16 copy for prompts, see prompt_config; where our int4 matmuls run
-it, copies for the token counts of steps too, see STEP_TOKENS). Each request
+One `Runtime` per loaded model compiles the seven IR parts of `parts.py` once (where our int4
+matmuls run the language model, copies of it for the token counts of steps too, see STEP_TOKENS;
+where they do not, on CPUs with AMX, a bf16 copy for prompts, see prompt_config). Each request
 borrows a `Context`: its own infer requests for the language model (with its own paged KV
 cache, kv_cache.py) and for the small per-step parts. The two big one-shot parts (vision encoder, VQ
 decoder) have one shared infer request each, behind a lock: they run once per request and
@@ -132,8 +132,9 @@ def prompt_config(model: ov.Model, device: str, config: dict, cpu: set | None = 
 
     On CPUs with AMX, bf16 activations put a prompt's matmuls on the AMX tiles: a 640-token prompt is
     1.6x faster than with the integer kernels streaming_config picks, which stay faster for a few rows
-    (a chat token 1.4x, 8 image rows 1.9x). Elsewhere one model serves every call: with our int4
-    matmuls (matmul.py, AVX-512 VNNI) a 668-token prompt is within 3 % of the plugin's kernels.
+    (a chat token 1.4x, 8 image rows 1.9x). Runtime asks only where our int4 matmuls (matmul.py) do not
+    run the language model: they serve prompts too, and with one model a request's numbers do not depend
+    on what shares its calls. Elsewhere one model serves every call.
     Both models read and write the same KV cache (the plugin gives both its u8 layout; Runtime
     checks). Not where the caller chose a precision (one model with it), nor for float weights. The
     second model holds the weights once more (+0.9 GB for the 1B int4, +3.7 GB for the 7B), so it is
@@ -313,19 +314,23 @@ class Runtime:
             self._warm.set()
 
     def _paged_models(self) -> dict:
-        """name -> (paged language model, its settings): the language model, and where prompt_config
-        gives one, the prompt model. The IR is read once per model (its weights stay mapped: cheap)."""
+        """name -> (paged language model, its settings): the language model, and either its copies for
+        steps (our int4 matmuls) or, where prompt_config gives one, the prompt model. The IR is read once
+        per model (its weights stay mapped: cheap)."""
         xml = str(self.model_dir / "language_model.xml")
         lm = core().read_model(xml)
-        models = {"language_model": (lm, streaming_config(lm, self.device, self.config))}
-        weights = (self.model_dir / "language_model.bin").stat().st_size
-        config = prompt_config(lm, self.device, self.config, weights=weights)
-        if config is not None:
-            models["prompt_model"] = (core().read_model(xml), config)
-        made = {name: (paged(model, self.device, config), config) for name, (model, config) in models.items()}
-        model, config = made["language_model"]
+        config = streaming_config(lm, self.device, self.config)
+        model = paged(lm, self.device, config)
+        made = {"language_model": (model, config)}
         if matmul.OP_TYPE in {op.get_type_name() for op in model.get_ops()}:
+            # Our int4 matmuls serve prompts too, so no prompt model: with one, whether a request's
+            # prompt ran in bf16 or f32 depended on what else shared its call (a soak's reruns differed).
             made.update({step_part(tokens): (with_tokens(model, tokens), config) for tokens in STEP_TOKENS})
+            return made
+        weights = (self.model_dir / "language_model.bin").stat().st_size
+        prompt = prompt_config(lm, self.device, self.config, weights=weights)
+        if prompt is not None:
+            made["prompt_model"] = (paged(core().read_model(xml), self.device, prompt), prompt)
         return made
 
     def _compile(self, part: str) -> ov.CompiledModel:

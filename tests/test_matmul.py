@@ -79,12 +79,25 @@ RECIPES = {"asym64": (nncf.CompressWeightsMode.INT4_ASYM, 64), "sym64": (nncf.Co
            "sym128": (nncf.CompressWeightsMode.INT4_SYM, 128)}
 
 
+@pytest.fixture(params=["vnni", "amx"])
+def kernel(request):
+    """Each of the kernel's paths for every call: vpdpbusd, and AMX's tiles (on CPUs with AMX-INT8)."""
+    if request.param == "amx" and "amx_int8" not in cpu_flags():
+        pytest.skip("no AMX on this CPU")
+    assert matmul.prepare("CPU", STEPS)
+    dll = matmul.native.loaded()
+    assert dll.janus_matmul_amx_rows(1 if request.param == "amx" else 0)
+    yield request.param
+    dll.janus_matmul_amx_rows(matmul.amx_rows())
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 21])
-def test_it_computes_what_it_documents_and_what_the_plugins_computes(rows, recipe):
+def test_it_computes_what_it_documents_and_what_the_plugins_computes(rows, recipe, kernel):
     """Every row count the kernel treats apart (one pass of <= 8 rows; more in passes of 8 over each
     run of weight blocks), weights of 1 and 3 groups and 1 to 3 channel blocks, two leading dims, and
-    each int4 recipe it takes (symmetric weights shifted to u4 with zero point 8; groups of 128 as two)."""
+    each int4 recipe it takes (symmetric weights shifted to u4 with zero point 8; groups of 128 as two),
+    on each of its paths."""
     mode, group = RECIPES[recipe]
     shapes = SHAPES if group == 64 else [(48, 256), (16, 128), (32, 256)]
     model, fresh = compressed(shapes, mode, group), compressed(shapes, mode, group)  # one to take over, one to read
@@ -133,6 +146,21 @@ def test_the_weights_live_while_a_compiled_model_holds_them():
         out = compiled(inputs)
         for i, w in enumerate(want):
             assert relative(out[i], w) < 1e-5
+
+
+def test_amx_for_several_rows_only_where_the_cpu_has_it(monkeypatch):
+    """AMX's tiles from AMX_ROWS rows on CPUs with AMX-INT8, never elsewhere or when switched off; a
+    build without AMX refuses them and keeps the vector kernel."""
+    assert matmul.amx_rows({"avx512_vnni", "avx512bw", "amx_tile", "amx_int8"}) == matmul.AMX_ROWS
+    assert matmul.amx_rows({"avx512_vnni", "avx512bw"}) == 0
+    monkeypatch.setenv("JANUS_OV_MATMUL_AMX", "off")
+    assert matmul.amx_rows({"amx_int8"}) == 0
+    assert matmul.prepare("CPU", STEPS)
+    dll = matmul.native.loaded()
+    assert dll.janus_matmul_amx_rows(0)
+    assert dll.janus_matmul_amx_rows(2) == ("amx_int8" in cpu_flags())
+    monkeypatch.delenv("JANUS_OV_MATMUL_AMX")
+    dll.janus_matmul_amx_rows(matmul.amx_rows())  # as the runtime has it
 
 
 def test_wanted_on_avx512_vnni_with_f32_activations(monkeypatch):
@@ -186,6 +214,22 @@ def test_the_runtime_runs_every_call_on_ours(tiny_ir_lm_int4, monkeypatch):
     for i, (g, w) in enumerate(zip(got, want)):
         cos = (g * w).sum(-1) / np.linalg.norm(g, axis=-1) / np.linalg.norm(w, axis=-1)
         assert (cos >= 0.99).all(), (i, cos)
+
+
+def test_on_amx_cpus_our_matmuls_serve_prompts_too(tiny_ir_lm_int4, monkeypatch):
+    """On a CPU with AMX our int4 matmuls leave no room for the bf16 prompt model: one model serves every
+    call, so a request's numbers do not depend on what else shares its calls (a prompt ran in bf16 or
+    f32 depending on the call's size before), and the weights are held once."""
+    from conftest import AMX
+
+    from janus_ov import runtime as rt
+
+    monkeypatch.setattr(rt, "cpu_flags", lambda: AMX)
+    runtime = rt.Runtime(tiny_ir_lm_int4, max_concurrency=1, warm_up=False)
+    assert runtime.prompt_model is None and set(runtime._paged) == {"language_model", *map(rt.step_part, rt.STEP_TOKENS)}
+    assert matmul.OP_TYPE in {op.get_type_name() for op in runtime._paged["language_model"][0].get_ops()}
+    with runtime.context() as ctx:
+        assert ctx.lm_part(rt.PROMPT_TOKENS + 10) == "language_model"
 
 
 def test_without_a_compiler_one_model_with_the_plugins_matmuls_serves(tiny_ir_lm_int4, tmp_path, monkeypatch, capsys):

@@ -176,7 +176,7 @@ def test_alone_a_long_prompt_is_prefilled_in_one_call(tiny_ir_fp32, tmp_path, so
 
 
 def test_prompts_run_on_the_prompt_model_in_the_scheduler_as_alone(tiny_ir_lm_int4, tmp_path, monkeypatch):
-    """With a prompt model (CPUs with AMX, integer weights: runtime.prompt_config) the scheduler runs a
+    """With a prompt model (CPUs with AMX, integer weights, the plugin's matmuls: runtime.prompt_config) the scheduler runs a
     prompt's call on it and the chat's tokens on the language model, over its one block pool, and the
     answer is the one the solo path gives with the same two models."""
     from conftest import AMX
@@ -184,6 +184,7 @@ def test_prompts_run_on_the_prompt_model_in_the_scheduler_as_alone(tiny_ir_lm_in
     from janus_ov import runtime as rt
 
     monkeypatch.setattr(rt, "cpu_flags", lambda: AMX)
+    monkeypatch.setenv("JANUS_OV_MATMUL", "plugin")  # where ours run the language model there is no prompt model
     kw = dict(compile_cache_dir=tmp_path / "c")
     pipe, alone = JanusPipeline(tiny_ir_lm_int4, **kw), JanusPipeline(tiny_ir_lm_int4, batching=False, **kw)
     question = [user("Tell me about lighthouses " * 10)]
