@@ -59,7 +59,7 @@ def validate_messages(messages) -> list[dict]:
     """Check a conversation; return it as a list of {"role", "content", "images"} dicts (normalised copies).
 
     Rules: a non-empty list; roles "user"/"assistant" alternating and starting and ending with "user";
-    each user turn has text or at least one image; assistant turns have text and no images.
+    each user turn has text or at least one image; assistant turns have no images (their text may be blank).
     """
     if isinstance(messages, dict) or not isinstance(messages, (list, tuple)):
         raise InvalidInputError("messages must be a list of {'role', 'content', 'images'} dicts")
@@ -96,11 +96,10 @@ def validate_messages(messages) -> list[dict]:
                 "turns must alternate user, assistant, user, ... starting with the user")
         if role == "user" and not content.strip() and not images:
             raise InvalidInputError(f"{where} (user) is empty: give some text or an image")
-        if role == "assistant":
-            if images:
-                raise InvalidInputError(f"{where} (assistant) cannot carry images")
-            if not content.strip():
-                raise InvalidInputError(f"{where} (assistant) has no text")
+        # An assistant turn may be blank: the model can answer with its end token at once, and the
+        # conversation must go on from there (a soak's follow-up after such an answer was refused).
+        if role == "assistant" and images:
+            raise InvalidInputError(f"{where} (assistant) cannot carry images")
         out.append({"role": role, "content": content, "images": list(images)})
     if out[-1]["role"] != "user":
         raise InvalidInputError("the conversation must end with a user message (the one to answer)")
