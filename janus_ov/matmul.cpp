@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AMX_INT8__)
@@ -215,25 +216,49 @@ inline void unpack_group(const uint8_t* u, uint8_t* out) {
     }
 }
 
-// Software-pipelined: in one pass over a block's groups, the pass unpacks groups g, g+1, runs groups
-// g-2, g-1 through the tiles and scales groups g-4, g-3 in, so no tile load waits on the stores that
-// unpacked its bytes and no vector load on the tile store of its sums (neither is forwarded).
-void blocks_amx(int R, const Weights& w, const Activations& x, int t, int b0, int b1, float* y, size_t y_stride) {
+// GCC's AMX intrinsics paste their tile numbers into the assembly as tokens; these take them as
+// template arguments. Each names the memory it reads or writes, so the compiler keeps the stores that
+// unpack a group before the tile load that reads them, and the loads of its sums after the tile store.
+using GroupBytes = uint8_t[kGroup * kChannels];  // a group's weights, unpacked: 16 rows of 64 bytes
+using GroupRows = int8_t[kRows * kGroup];        // a group's activations: up to 8 rows of 64
+using GroupSums = int32_t[kRows * kChannels];    // a group's products: up to 8 rows of 16
+
+template <int A, int B, int C>
+inline void tile_product(const GroupRows& a, const GroupBytes& b) {  // tile C = a (R x 64) times b (16 x 64)
+    asm volatile("tileloadd (%1,%2,1), %%tmm%c3" ::"m"(a), "r"(&a), "r"(static_cast<long>(kGroup)), "i"(A));
+    asm volatile("tileloadd (%1,%2,1), %%tmm%c3" ::"m"(b), "r"(&b), "r"(64L), "i"(B));
+    asm volatile("tilezero %%tmm%c0" ::"i"(C));
+    asm volatile("tdpbsud %%tmm%c0, %%tmm%c1, %%tmm%c2" ::"i"(B), "i"(A), "i"(C));
+}
+
+template <int C>
+inline void tile_store(GroupSums& sums) {
+    asm volatile("tilestored %%tmm%c2, (%1,%3,1)" : "=m"(sums) : "r"(&sums), "i"(C), "r"(64L));
+}
+
+// Software-pipelined, a pass per two groups: the pass unpacks groups g, g+1, starts the tile
+// products of g-2, g-1 (in C tiles 4, 5 or 6, 7 by turns), stores the sums of g-4, g-3 (whose
+// products the last pass started) and scales g-6, g-5 in. Nothing waits on the step before it: no
+// tile load on the stores that unpacked its bytes, no tile store on its product, no vector load on
+// the tile store of its sums (none of these are forwarded).
+template <int R>
+void blocks_amx(const Weights& w, const Activations& x, int t, int b0, int b1, float* y, size_t y_stride) {
     TileConfig cfg;
-    for (int i : {0, 1, 4, 5}) cfg.rows[i] = static_cast<uint8_t>(R), cfg.colsb[i] = 64;
+    for (int i : {0, 1, 4, 5, 6, 7}) cfg.rows[i] = static_cast<uint8_t>(R), cfg.colsb[i] = 64;
     for (int i : {2, 3}) cfg.rows[i] = 16, cfg.colsb[i] = 64;
     _tile_loadconfig(&cfg);
-    alignas(64) uint8_t unpacked[4][kGroup * kChannels];
-    alignas(64) int32_t sums[4][kRows * kChannels];
+    alignas(64) GroupBytes unpacked[4];
+    alignas(64) GroupSums sums[4];
     const int groups = w.groups();
     const int8_t* qt = x.q.data() + static_cast<size_t>(t) * w.K * kRows;
     const float* steps = x.step.data() + static_cast<size_t>(t) * groups * kRows;
     const float* step_sums = x.step_sum.data() + static_cast<size_t>(t) * groups * kRows;
     constexpr size_t kPacked = kGroup * kChannels / 2;
+    const auto q = [&](int g) -> const GroupRows& { return *reinterpret_cast<const GroupRows*>(qt + static_cast<size_t>(g) * kGroup * kRows); };
     for (int b = b0; b < b1; ++b) {
         const size_t first = static_cast<size_t>(b) * groups;
         const uint8_t* bu = w.u.get() + first * kPacked;
-        __m512 acc[kRows];
+        __m512 acc[R];
         for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
         const auto scale_in = [&](int g) {
             const int32_t* s = sums[g & 3];
@@ -246,34 +271,37 @@ void blocks_amx(int R, const Weights& w, const Activations& x, int t, int b0, in
                 acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(step_sums[g * kRows + r]), acc[r]);
             }
         };
-        for (int g = 0; g < groups + 4; g += 2) {
-            if (g < groups) {
-                const uint8_t* u = bu + static_cast<size_t>(g) * kPacked;
-                for (int line = 0; line < 16; ++line) _mm_prefetch(reinterpret_cast<const char*>(u + 8192 + 64 * line), _MM_HINT_T0);
-                unpack_group(u, unpacked[g & 3]);
-                if (g + 1 < groups) unpack_group(u + kPacked, unpacked[(g + 1) & 3]);
-            }
-            const int e = g - 2;  // even group through the tiles, then e + 1
-            if (e >= 0 && e < groups) {
-                _tile_loadd(0, qt + static_cast<size_t>(e) * kGroup * kRows, kGroup);
-                _tile_loadd(2, unpacked[e & 3], 64);
-                _tile_zero(4);
-                _tile_dpbsud(4, 0, 2);
-                _tile_stored(4, sums[e & 3], 64);
-                if (e + 1 < groups) {
-                    _tile_loadd(1, qt + static_cast<size_t>(e + 1) * kGroup * kRows, kGroup);
-                    _tile_loadd(3, unpacked[(e + 1) & 3], 64);
-                    _tile_zero(5);
-                    _tile_dpbsud(5, 1, 3);
-                    _tile_stored(5, sums[(e + 1) & 3], 64);
-                }
-            }
-            const int c = g - 4;
-            if (c >= 0 && c < groups) {
-                scale_in(c);
-                if (c + 1 < groups) scale_in(c + 1);
-            }
+        // One pass: its products go to C tiles C, C + 1 (4, 5 and 6, 7 by turns), the last pass's are
+        // in the other two. A macro, not a lambda: GCC compiled the lambda's form 20 % slower.
+#define JANUS_AMX_PASS(G, C)                                                                                      \
+    do {                                                                                                          \
+        const int g = (G);                                                                                        \
+        if (g < groups) {                                                                                         \
+            const uint8_t* u = bu + static_cast<size_t>(g) * kPacked;                                             \
+            /* into L2, well ahead: with the tiles busy, memory's wait is hidden less than the vector kernel's */ \
+            for (int line = 0; line < 16; ++line)                                                                 \
+                _mm_prefetch(reinterpret_cast<const char*>(u + 32768 + 64 * line), _MM_HINT_T1);                  \
+            unpack_group(u, unpacked[g & 3]);                                                                     \
+            if (g + 1 < groups) unpack_group(u + kPacked, unpacked[(g + 1) & 3]);                                 \
+        }                                                                                                         \
+        if (const int e = g - 2; e >= 0 && e < groups) {                                                          \
+            tile_product<0, 2, C>(q(e), unpacked[e & 3]);                                                         \
+            if (e + 1 < groups) tile_product<1, 3, C + 1>(q(e + 1), unpacked[(e + 1) & 3]);                      \
+        }                                                                                                         \
+        if (const int s = g - 4; s >= 0 && s < groups) {                                                          \
+            tile_store<10 - C>(sums[s & 3]);                                                                      \
+            if (s + 1 < groups) tile_store<11 - C>(sums[(s + 1) & 3]);                                            \
+        }                                                                                                         \
+        if (const int e = g - 6; e >= 0 && e < groups) {                                                          \
+            scale_in(e);                                                                                          \
+            if (e + 1 < groups) scale_in(e + 1);                                                                  \
+        }                                                                                                         \
+    } while (0)
+        for (int g4 = 0; g4 < groups + 6; g4 += 4) {
+            JANUS_AMX_PASS(g4, 4);
+            JANUS_AMX_PASS(g4 + 2, 6);
         }
+#undef JANUS_AMX_PASS
         for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * y_stride + b * kChannels, acc[r]);
     }
     _tile_release();
@@ -282,23 +310,31 @@ constexpr bool kHaveAmx = true;
 #else
 constexpr bool kHaveAmx = false;
 bool amx_permitted() { return false; }
-void blocks_amx(int, const Weights&, const Activations&, int, int, int, float*, size_t) {}
+template <int R>
+void blocks_amx(const Weights&, const Activations&, int, int, int, float*, size_t) {}
 #endif
 
 // Rows from which a call runs on AMX's tiles where the CPU has them (set once by janus_matmul_amx_rows).
 int amx_rows = 0;  // 0: never
 
+template <int R>
+void rows_of(const Weights& w, const Activations& x, int t, int b0, int b1, float* y) {
+    if (x.by_row)
+        blocks_amx<R>(w, x, t, b0, b1, y, w.N);
+    else
+        blocks<R>(w, x, t, b0, b1, y, w.N);
+}
+
 void rows_of_blocks(int R, const Weights& w, const Activations& x, int t, int b0, int b1, float* y) {
-    if (x.by_row) return blocks_amx(R, w, x, t, b0, b1, y, w.N);
     switch (R) {
-    case 1: return blocks<1>(w, x, t, b0, b1, y, w.N);
-    case 2: return blocks<2>(w, x, t, b0, b1, y, w.N);
-    case 3: return blocks<3>(w, x, t, b0, b1, y, w.N);
-    case 4: return blocks<4>(w, x, t, b0, b1, y, w.N);
-    case 5: return blocks<5>(w, x, t, b0, b1, y, w.N);
-    case 6: return blocks<6>(w, x, t, b0, b1, y, w.N);
-    case 7: return blocks<7>(w, x, t, b0, b1, y, w.N);
-    default: return blocks<8>(w, x, t, b0, b1, y, w.N);
+    case 1: return rows_of<1>(w, x, t, b0, b1, y);
+    case 2: return rows_of<2>(w, x, t, b0, b1, y);
+    case 3: return rows_of<3>(w, x, t, b0, b1, y);
+    case 4: return rows_of<4>(w, x, t, b0, b1, y);
+    case 5: return rows_of<5>(w, x, t, b0, b1, y);
+    case 6: return rows_of<6>(w, x, t, b0, b1, y);
+    case 7: return rows_of<7>(w, x, t, b0, b1, y);
+    default: return rows_of<8>(w, x, t, b0, b1, y);
     }
 }
 
