@@ -35,33 +35,41 @@ _dll = None  # the library, for the registries its operations read
 def library(build_dir: str | Path | None) -> Path | None:
     """This machine's build of native.cpp (built now if there is none), or None if it cannot be
     built here. build_dir: where builds are kept (None: a temporary folder, for this process)."""
-    import openvino
-
-    root = Path(openvino.__file__).parent
     key = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + machine_key().encode()).hexdigest()[:16]
     folder = Path(build_dir) if build_dir else Path(tempfile.gettempdir()) / f"janus-ov-{os.getuid()}"
     target = folder / f"libjanus_native-{key}.so"
     if target.is_file():
         return target
-    core_lib = sorted((root / "libs").glob("libopenvino.so.*"))
-    tbb_lib = sorted((root / "libs").glob("libtbb.so.*"))
-    if not (core_lib and tbb_lib and (root / "include" / "openvino" / "op" / "op.hpp").is_file()):
+    command = compile_command(SOURCE)
+    if command is None:
         print("janus_ov: this OpenVINO wheel has no headers or libraries to build native.cpp with; "
               "using the plugin's own operations.")
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f".{target.name}.{os.getpid()}.{threading.get_ident()}"
-        subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd",
-                        f"-I{root / 'include'}", str(SOURCE), f"-L{root / 'libs'}", f"-l:{core_lib[0].name}",
-                        f"-l:{tbb_lib[0].name}", f"-Wl,-rpath,{root / 'libs'}", "-o", str(partial)],
-                       check=True, capture_output=True, text=True, timeout=300)
+        subprocess.run([*command, "-shared", "-fPIC", "-o", str(partial)], check=True, capture_output=True, text=True,
+                       timeout=300)
         os.replace(partial, target)  # whole or absent: a reader never loads a half-written library
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", None) or err
         print(f"janus_ov: could not build native.cpp ({str(detail).strip()[:300]}); using the plugin's own operations.")
         return None
     return target
+
+
+def compile_command(source: Path) -> list[str] | None:
+    """g++ compiling `source` for this CPU against the OpenVINO wheel's headers, core library and TBB
+    (add -o and, for a library, -shared -fPIC); None if the wheel has no headers or libraries."""
+    import openvino
+
+    root = Path(openvino.__file__).parent
+    core_lib = sorted((root / "libs").glob("libopenvino.so.*"))
+    tbb_lib = sorted((root / "libs").glob("libtbb.so.*"))
+    if not (core_lib and tbb_lib and (root / "include" / "openvino" / "op" / "op.hpp").is_file()):
+        return None
+    return ["g++", "-O3", "-march=native", "-std=c++17", "-fopenmp-simd", f"-I{root / 'include'}", str(source),
+            f"-L{root / 'libs'}", f"-l:{core_lib[0].name}", f"-l:{tbb_lib[0].name}", f"-Wl,-rpath,{root / 'libs'}"]
 
 
 def load(build_dir: str | Path | None) -> ctypes.CDLL | None:
