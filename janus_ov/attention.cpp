@@ -148,9 +148,11 @@ inline uint8_t quantize(float x, float inv_scale, float zp) {
     return static_cast<uint8_t>(static_cast<int>(std::min(255.f, std::max(0.f, x * inv_scale + zp)) + 0.5f));
 }
 
+constexpr float kFlatScale = 1e-4f;  // the scale of a channel whose values are all equal
+
 inline void set_params(float lo, float hi, float* scale, float* zp) {
     *scale = (hi - lo) / 255.f;
-    if (*scale == 0.f) *scale = 1e-4f;
+    if (*scale == 0.f) *scale = kFlatScale;
     *zp = -lo / *scale;
 }
 
@@ -201,17 +203,15 @@ void write_keys(uint8_t* block, int S, int old, int end, const float* x, size_t 
             growing += grow[c] != 0.f;
         }
         if (growing) {
-            // The old tokens' range, in every channel (only the growing ones' is used): no branch, so
-            // the loop vectorizes.
-            for (int t = 0; t < old; ++t) {
-                const uint8_t* row = u + t * S;
-#pragma omp simd
-                for (int c = 0; c < S; ++c) {
-                    const float v = (row[c] - zp[c]) * scale[c], l = lo[c], h = hi[c];
-                    lo[c] = v < l ? v : l, hi[c] = v > h ? v : h;
-                }
+            // The old tokens lie within the range their channel covers (u in 0..255), and its ends are
+            // tokens' own values (the range was last set from its tokens' least and greatest), so the new
+            // range is that range widened to the new tokens: no pass over the old tokens to find it. A
+            // channel whose tokens were all equal has set_params' stand-in scale: its range is one value.
+            for (int c = 0; c < S; ++c) {
+                const float have_lo = -zp[c] * scale[c];
+                const float have_hi = scale[c] == kFlatScale ? have_lo : (255.f - zp[c]) * scale[c];
+                set_params(std::min(lo[c], have_lo), std::max(hi[c], have_hi), &new_scale[c], &new_zp[c]);
             }
-            for (int c = 0; c < S; ++c) set_params(lo[c], hi[c], &new_scale[c], &new_zp[c]);
             for (int t = 0; t < old; ++t) {
                 uint8_t* row = u + t * S;
 #pragma omp simd
