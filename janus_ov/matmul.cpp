@@ -142,6 +142,20 @@ inline __m512i dpbusd_broadcast(__m512i dot, __m512i u, const int8_t* p) {
     return dot;
 }
 
+// acc[r] += a group's integer sums dot(r) for its 16 channels, scaled: scale * a * (u . q - zero point * sum q)
+// (row r's step a and a * sum q: steps[r], step_sums[r]). The epilogue of both kernels.
+template <int R, typename Dot>
+inline void scale_group(__m512 (&acc)[R], Dot dot, const Weights& w, size_t group, const float* steps,
+                        const float* step_sums) {
+    const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.scale.get() + group * kChannels)));
+    const __m512 zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(w.zero.get() + group * kChannels))));
+    const __m512 zero_scale = _mm512_mul_ps(zero, scale);
+    for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(r)), _mm512_mul_ps(scale, _mm512_set1_ps(steps[r])), acc[r]);
+        acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(step_sums[r]), acc[r]);
+    }
+}
+
 // Output channels [16 b0, 16 b1) of the first R rows of tile t: y[r][n] for n in the blocks.
 template <int R>
 void blocks(const Weights& w, const Activations& x, int t, int b0, int b1, float* y, size_t y_stride) {
@@ -172,14 +186,8 @@ void blocks(const Weights& w, const Activations& x, int t, int b0, int b1, float
                     dot2[r] = dpbusd_broadcast(dot2[r], hi, q + ((2 * p + 1) * kRows + r) * 4);
                 }
             }
-            for (int r = 0; r < R; ++r) dot[r] = _mm512_add_epi32(dot[r], dot2[r]);
-            const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.scale.get() + (first + g) * kChannels)));
-            const __m512 zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(w.zero.get() + (first + g) * kChannels))));
-            const __m512 zero_scale = _mm512_mul_ps(zero, scale);
-            for (int r = 0; r < R; ++r) {
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(scale, _mm512_set1_ps(steps[g * kRows + r])), acc[r]);
-                acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(step_sums[g * kRows + r]), acc[r]);
-            }
+            scale_group(acc, [&](int r) { return _mm512_add_epi32(dot[r], dot2[r]); }, w, first + g, steps + g * kRows,
+                        step_sums + g * kRows);
         }
         for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * y_stride + b * kChannels, acc[r]);
     }
@@ -262,14 +270,8 @@ void blocks_amx(const Weights& w, const Activations& x, int t, int b0, int b1, f
         for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
         const auto scale_in = [&](int g) {
             const int32_t* s = sums[g & 3];
-            const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.scale.get() + (first + g) * kChannels)));
-            const __m512 zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(w.zero.get() + (first + g) * kChannels))));
-            const __m512 zero_scale = _mm512_mul_ps(zero, scale);
-            for (int r = 0; r < R; ++r) {
-                const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(s + r * kChannels));
-                acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(scale, _mm512_set1_ps(steps[g * kRows + r])), acc[r]);
-                acc[r] = _mm512_fnmadd_ps(zero_scale, _mm512_set1_ps(step_sums[g * kRows + r]), acc[r]);
-            }
+            scale_group(acc, [&](int r) { return _mm512_load_si512(s + r * kChannels); }, w, first + g, steps + g * kRows,
+                        step_sums + g * kRows);
         };
         // One pass: its products go to C tiles C, C + 1 (4, 5 and 6, 7 by turns), the last pass's are
         // in the other two. A macro, not a lambda: GCC compiled the lambda's form 20 % slower.
