@@ -199,7 +199,7 @@ void blocks(const Weights& w, const Activations& x, int t, int b0, int b1, float
 // CPUs (design-measurements.md). The weights are unpacked to bytes in the B tile's layout (row j:
 // inputs 4j..4j+3 of the 16 channels, as a run packs them: its low nibbles are row 2p, its high
 // nibbles row 2p + 1), the activations are an R x 64 tile, and TDPBSUD (signed activations,
-// unsigned weights) gives the group's R x 16 integer sums, scaled as in blocks().
+// unsigned weights) gives the group's R x 16 integer sums, scaled as the vector kernel's (scale_group).
 struct alignas(64) TileConfig {
     uint8_t palette = 1, start_row = 0, reserved[14] = {};
     uint16_t colsb[16] = {};
