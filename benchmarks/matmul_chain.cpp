@@ -3,8 +3,8 @@
 // no plugin, so two versions of the kernel can be timed apart from everything else
 // (benchmarks/matmul_chain.py builds one binary per version, including that version's matmul.cpp).
 //
-//   ./chain ROWS AMX_ROWS REPEATS   -> the median and least ms of REPEATS chains, one line of JSON
-//   ./chain ROWS AMX_ROWS check     -> the output of one matmul against the vector kernel's: equal?
+//   ./chain ROWS AMX_ROWS REPEATS [LAYERS]  -> the median and least ms of REPEATS chains, one line of JSON
+//   ./chain ROWS AMX_ROWS check             -> the output of one matmul against the vector kernel's: equal?
 #include MATMUL_SOURCE
 
 #include <algorithm>
@@ -16,13 +16,13 @@
 #include <vector>
 
 int main(int argc, char** argv) {
-    if (argc != 4) return 2;
+    if (argc != 4 && argc != 5) return 2;
     const int rows = std::atoi(argv[1]), amx = std::atoi(argv[2]);
     const bool check = std::strcmp(argv[3], "check") == 0;
-    const int repeats = check ? 0 : std::atoi(argv[3]);
+    const int repeats = check ? 0 : std::atoi(argv[3]), layers = check ? 1 : argc == 5 ? std::atoi(argv[4]) : 24;
     std::mt19937 rng(0);
     std::vector<std::shared_ptr<janus::Weights>> chain;
-    for (int layer = 0; layer < (check ? 1 : 24); ++layer)
+    for (int layer = 0; layer < layers; ++layer)
         for (auto [N, K] : {std::pair{2048, 2048}, {2048, 2048}, {2048, 2048}, {2048, 2048}, {5632, 2048}, {5632, 2048}, {2048, 5632}}) {
             std::vector<uint8_t> u(size_t(N) * K / 2), zero(size_t(N) * K / 128 + 1);
             std::vector<uint16_t> scale(size_t(N) * K / 64);

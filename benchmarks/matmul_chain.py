@@ -3,7 +3,7 @@ matmuls, alone: one standalone binary per version (benchmarks/matmul_chain.cpp),
 run, the versions taking turns. Each version's outputs are first checked equal to its own vector
 (VNNI) kernel's where AMX takes a call, so a faster version is not a wrong one.
 
-    python -m benchmarks.matmul_chain --against REV [--rows 1,2,4,8,16,64] [--rounds 4] [--out FILE]
+    python -m benchmarks.matmul_chain --against REV [--rows 1,2,4,8,16,64] [--rounds 4] [--layers 24] [--out FILE]
 
 REV: a git revision whose matmul.cpp is the "before"; the working tree's is the "after". Rows from
 matmul.AMX_ROWS on run on AMX's tiles where the CPU has them. Needs g++ (as the runtime's build).
@@ -34,9 +34,9 @@ def build(source: Path, binary: Path) -> None:
     subprocess.run([*command, f'-DMATMUL_SOURCE="{source}"', "-o", str(binary)], check=True, timeout=600)
 
 
-def run(binary: Path, rows: int, amx_rows: int, repeats) -> dict:
-    out = subprocess.run([str(binary), str(rows), str(amx_rows), str(repeats)], capture_output=True, text=True,
-                         timeout=600)
+def run(binary: Path, rows: int, amx_rows: int, repeats, layers: int = 24) -> dict:
+    out = subprocess.run([str(binary), str(rows), str(amx_rows), str(repeats), *([str(layers)] if repeats != "check" else [])],
+                         capture_output=True, text=True, timeout=600)
     if out.returncode:
         raise SystemExit(f"{binary.name} {rows} rows: exit {out.returncode} {out.stderr[-300:]}")
     return json.loads(out.stdout)
@@ -50,6 +50,7 @@ def main(argv=None):
     parser.add_argument("--rows", default="1,2,4,8,16,64")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10, help="chains per run")
+    parser.add_argument("--layers", type=int, default=24, help="layers of the chain (24: the model's)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     amx_rows = matmul.amx_rows()
@@ -70,8 +71,8 @@ def main(argv=None):
         for i in range(args.rounds):
             for r in rows:
                 for name in in_turns(binaries, i):
-                    times[name][r].append(run(binaries[name], r, amx_rows, args.repeats)["median_ms"])
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "against": args.against,
+                    times[name][r].append(run(binaries[name], r, amx_rows, args.repeats, args.layers)["median_ms"])
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "against": args.against, "layers": args.layers,
               "amx_rows": amx_rows, "equal_to_vector_kernel_at_3_8_11_rows": checks or "no AMX here",
               "median_chain_ms": {name: {r: round(statistics.median(t), 2) for r, t in per.items()}
                                   for name, per in times.items()},

@@ -106,6 +106,24 @@ def test_kernels_static_times_our_chain_with_dynamic_and_static_rows():
         assert row["dynamic_ms"] > 0 and row["static_ms"] > 0 and row["same_outputs"]
 
 
+@pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= cpu_flags(),
+                    reason="our int4 matmul runs on CPUs with AVX-512 VNNI only")
+def test_matmul_chain_times_two_versions_of_the_kernel(tmp_path):
+    """benchmarks.matmul_chain on a one-layer chain, the last commit's matmul.cpp against the working
+    tree's: both built, timed at each row count, and (where AMX takes a call) equal to the vector kernel."""
+    out = tmp_path / "chain.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.matmul_chain", "--against", "HEAD", "--rows", "1,3",
+                          "--rounds", "1", "--repeats", "1", "--layers", "1", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["layers"] == 1
+    for side in ("before", "after"):
+        assert set(res["median_chain_ms"][side]) == {"1", "3"} and all(v > 0 for v in res["median_chain_ms"][side].values())
+    if "amx_int8" in cpu_flags():
+        assert res["equal_to_vector_kernel_at_3_8_11_rows"] == {"before": [True] * 3, "after": [True] * 3}
+
+
 def test_kernel_sweep_runs_every_setting_and_recipe_on_the_plugin():
     """benchmarks.kernels --sweep on a one-layer chain: each CPU-plugin setting and NNCF recipe
     compiles and runs, and the bytes its GB/s divide by are the compressed weights' own."""
