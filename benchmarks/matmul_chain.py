@@ -34,11 +34,11 @@ def build(source: Path, binary: Path) -> None:
     subprocess.run([*command, f'-DMATMUL_SOURCE="{source}"', "-o", str(binary)], check=True, timeout=600)
 
 
-def run(binary: Path, rows: int, amx_rows: int, repeats, layers: int = 24) -> dict:
-    out = subprocess.run([str(binary), str(rows), str(amx_rows), str(repeats), *([str(layers)] if repeats != "check" else [])],
-                         capture_output=True, text=True, timeout=600)
+def run(binary: Path, *args) -> dict:
+    """The binary's one line of JSON for `args` (matmul_chain.cpp: ROWS AMX_ROWS REPEATS LAYERS, or ROWS AMX_ROWS check)."""
+    out = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=600)
     if out.returncode:
-        raise SystemExit(f"{binary.name} {rows} rows: exit {out.returncode} {out.stderr[-300:]}")
+        raise SystemExit(f"{binary.name} {' '.join(map(str, args))}: exit {out.returncode} {out.stderr[-300:]}")
     return json.loads(out.stdout)
 
 
@@ -62,7 +62,7 @@ def main(argv=None):
         binaries = {"before": tmp / "before", "after": tmp / "after"}
         build(before, binaries["before"])
         build(REPO / "janus_ov" / "matmul.cpp", binaries["after"])
-        checks = {name: [run(b, rows, amx_rows or 0, "check")["equal"] for rows in (3, 8, 11)]
+        checks = {name: [run(b, rows, amx_rows, "check")["equal"] for rows in (3, 8, 11)]
                   for name, b in binaries.items()} if amx_rows else {}
         if not all(all(c) for c in checks.values()):
             raise SystemExit(f"outputs differ from the vector kernel's: {checks}")
