@@ -38,6 +38,7 @@
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
+#include <sys/mman.h>
 
 namespace janus {
 
@@ -55,7 +56,12 @@ struct Weights {
 
 template <typename T>
 T* aligned(size_t count) {
-    return static_cast<T*>(std::aligned_alloc(64, (count * sizeof(T) + 63) / 64 * 64));
+    const size_t bytes = count * sizeof(T);
+    if (bytes < (size_t{1} << 21)) return static_cast<T*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    const size_t huge = (bytes + (size_t{1} << 21) - 1) >> 21 << 21;
+    void* p = std::aligned_alloc(size_t{1} << 21, huge);
+    if (p) madvise(p, huge, MADV_HUGEPAGE);
+    return static_cast<T*>(p);
 }
 
 // OpenVINO's u4 (two to a byte, the lower index in the low nibble): u [N, K], zero [N, K/64], scale
