@@ -249,6 +249,39 @@ void write_tokens(const Cache& cache, const int32_t* table, int first, int count
 
 // ---- attention ----
 
+// One query's scores over a block's keys, sr[0:32], n of them valid: turned into exp(score * scale - m')
+// with m' the new running maximum (zero past n, so a row may be paired with a longer one), the
+// running sum l updated; returns the correction exp(m - m') for the sums so far (1 when n is 0).
+float softmax_block(float* sr, int n, float scale, float& m, float& l) {
+    if (n == 0) {
+        std::fill(sr, sr + kBlock, 0.f);
+        return 1.f;
+    }
+#if defined(__AVX512F__)
+    const __mmask16 k0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 k1 = n <= 16 ? 0 : n >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16)) - 1);
+    const __m512 sc = _mm512_set1_ps(scale), none = _mm512_set1_ps(-INFINITY);
+    const __m512 x0 = _mm512_mask_mul_ps(none, k0, _mm512_loadu_ps(sr), sc);
+    const __m512 x1 = _mm512_mask_mul_ps(none, k1, _mm512_loadu_ps(sr + 16), sc);
+    const float mx = std::max(m, _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)));
+    const __m512 mv = _mm512_set1_ps(mx);
+    const __m512 e0 = _mm512_maskz_mov_ps(k0, exp16(_mm512_sub_ps(x0, mv)));
+    const __m512 e1 = _mm512_maskz_mov_ps(k1, exp16(_mm512_sub_ps(x1, mv)));
+    _mm512_storeu_ps(sr, e0);
+    _mm512_storeu_ps(sr + 16, e1);
+    const float total = _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
+#else
+    float mx = m;
+    for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t] *= scale);
+    const float total = exp_sum(sr, n, mx);
+    std::fill(sr + n, sr + kBlock, 0.f);
+#endif
+    const float correction = std::exp(m - mx);  // exp(-inf) = 0 on the first block
+    l = l * correction + total;
+    m = mx;
+    return correction;
+}
+
 #if defined(__AVX512F__)
 // Four sums of 16 lanes each, as one vector of 4.
 inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
@@ -263,8 +296,9 @@ inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 // One decoding row's attention for kv heads [h0, h1) (and the query heads that read them), S = 16 * N,
 // in one pass over the blocks with an online softmax. Blocks outside, heads inside: a block's heads
 // lie side by side in the cache, so the reads are long runs; each (block, head)'s keys and values
-// are read once, while the same head's next block is fetched; the query and the output of the head
-// at hand stay in registers. q, out: the row's heads * S floats.
+// are read once, while the next (block, head)'s are prefetched into L2 (one item ahead: a whole row of
+// heads ahead, into L1, was 10 % slower); the query and the output of the head at hand stay in
+// registers. q, out: the row's heads * S floats.
 template <int N>
 void decode_heads(const Cache& cache, const int32_t* table, int kv, const float* q, int h0, int h1, int group,
                   float scale, float* out, std::vector<float>& state) {
@@ -280,13 +314,14 @@ void decode_heads(const Cache& cache, const int32_t* table, int kv, const float*
     __m512 qs[N], acc[N];
     for (int j = 0; j < blocks; ++j) {
         const int valid = std::min(kBlock, kv - j * kBlock);
-        const bool more = j + 1 < blocks;
         for (int i_h = 0; i_h < count; ++i_h) {
             const int hk = h0 + i_h / group, h = h0 * group + i_h;
             const uint8_t* p = cache.key(table[j], hk);
             const uint8_t* vp = cache.value(table[j], hk);
-            const uint8_t* next_k = more ? cache.key(table[j + 1], hk) : p;
-            const uint8_t* next_v = more ? cache.value(table[j + 1], hk) : vp;
+            const int ahead = std::min(j * count + i_h + 1, blocks * count - 1);
+            const int next_j = ahead / count, next_h = h0 + ahead % count / group;
+            const uint8_t* next_k = cache.key(table[next_j], next_h);
+            const uint8_t* next_v = cache.value(table[next_j], next_h);
             // Keys: the block's per-channel scale folded into the query, its zero point into c0.
             const float* ks = reinterpret_cast<const float*>(p);
             __m512 c0v = _mm512_setzero_ps();
@@ -294,11 +329,11 @@ void decode_heads(const Cache& cache, const int32_t* table, int kv, const float*
                 qs[i] = _mm512_mul_ps(_mm512_loadu_ps(q + h * S + 16 * i), _mm512_loadu_ps(ks + 16 * i));
                 c0v = _mm512_fmadd_ps(qs[i], _mm512_loadu_ps(ks + S + 16 * i), c0v);
             }
-            const __m128 c0 = _mm_set1_ps(_mm512_reduce_add_ps(c0v)), sc = _mm_set1_ps(scale);
+            const __m128 c0 = _mm_set1_ps(_mm512_reduce_add_ps(c0v));
             const uint8_t* u = p + 8 * S;
             for (int t = 0; t < valid; t += 4) {  // may score up to 3 rows past `valid`: inside the block, unused
                 for (size_t b = t / 4 * cache.key_block() / 8; b < (t / 4 + 1) * cache.key_block() / 8; b += 64)
-                    __builtin_prefetch(next_k + b);
+                    __builtin_prefetch(next_k + b, 0, 2);
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
                 const uint8_t* r = u + t * S;
                 for (int i = 0; i < N; ++i) {
@@ -307,13 +342,9 @@ void decode_heads(const Cache& cache, const int32_t* table, int kv, const float*
                     a2 = _mm512_fmadd_ps(qs[i], u8x16(r + 2 * S + 16 * i), a2);
                     a3 = _mm512_fmadd_ps(qs[i], u8x16(r + 3 * S + 16 * i), a3);
                 }
-                _mm_store_ps(s + t, _mm_mul_ps(_mm_sub_ps(sum4(a0, a1, a2, a3), c0), sc));
+                _mm_store_ps(s + t, _mm_sub_ps(sum4(a0, a1, a2, a3), c0));
             }
-            float mx = ms[i_h];
-            for (int t = 0; t < valid; ++t) mx = std::max(mx, s[t]);
-            const float correction = std::exp(ms[i_h] - mx);  // 0 on the first block
-            ls[i_h] = ls[i_h] * correction + exp_sum(s, valid, mx);
-            ms[i_h] = mx;
+            const float correction = softmax_block(s, valid, scale, ms[i_h], ls[i_h]);
             // Values: each row's scale folded into its weight, its zero point into one sum per head.
             float zero = zeros[i_h] * correction;
             const __m512 cv = _mm512_set1_ps(correction);
@@ -321,7 +352,7 @@ void decode_heads(const Cache& cache, const int32_t* table, int kv, const float*
             for (int i = 0; i < N; ++i) acc[i] = _mm512_mul_ps(_mm512_loadu_ps(a + 16 * i), cv);
             for (int t = 0; t < valid; ++t) {
                 const uint8_t* row = vp + t * (8 + S);
-                for (int b = 0; b < 8 + S; b += 64) __builtin_prefetch(next_v + t * (8 + S) + b);
+                for (int b = 0; b < 8 + S; b += 64) __builtin_prefetch(next_v + t * (8 + S) + b, 0, 2);
                 float scale_zp[2];
                 std::memcpy(scale_zp, row, sizeof(scale_zp));
                 const float w = s[t] * scale_zp[0];
@@ -493,39 +524,6 @@ void tile_values(float* acc, int S, const float* corrections, const float* p, co
         for (int c = 0; c < S; ++c) a[c] *= corrections[k];
         for (int t = 0; t < n; ++t) axpy(a, w[t], vf + t * S, S);
     }
-}
-
-// One query's scores over a block's keys, sr[0:32], n of them valid: turned into exp(score * scale - m')
-// with m' the new running maximum (zero past n, so a row may be paired with a longer one), the
-// running sum l updated; returns the correction exp(m - m') for the sums so far (1 when n is 0).
-float softmax_block(float* sr, int n, float scale, float& m, float& l) {
-    if (n == 0) {
-        std::fill(sr, sr + kBlock, 0.f);
-        return 1.f;
-    }
-#if defined(__AVX512F__)
-    const __mmask16 k0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
-    const __mmask16 k1 = n <= 16 ? 0 : n >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16)) - 1);
-    const __m512 sc = _mm512_set1_ps(scale), none = _mm512_set1_ps(-INFINITY);
-    const __m512 x0 = _mm512_mask_mul_ps(none, k0, _mm512_loadu_ps(sr), sc);
-    const __m512 x1 = _mm512_mask_mul_ps(none, k1, _mm512_loadu_ps(sr + 16), sc);
-    const float mx = std::max(m, _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)));
-    const __m512 mv = _mm512_set1_ps(mx);
-    const __m512 e0 = _mm512_maskz_mov_ps(k0, exp16(_mm512_sub_ps(x0, mv)));
-    const __m512 e1 = _mm512_maskz_mov_ps(k1, exp16(_mm512_sub_ps(x1, mv)));
-    _mm512_storeu_ps(sr, e0);
-    _mm512_storeu_ps(sr + 16, e1);
-    const float total = _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
-#else
-    float mx = m;
-    for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t] *= scale);
-    const float total = exp_sum(sr, n, mx);
-    std::fill(sr + n, sr + kBlock, 0.f);
-#endif
-    const float correction = std::exp(m - mx);  // exp(-inf) = 0 on the first block
-    l = l * correction + total;
-    m = mx;
-    return correction;
 }
 
 // A prompt's `count` queries (positions past..past+count-1) over their causal prefixes, one head. The

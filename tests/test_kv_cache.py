@@ -1,15 +1,19 @@
 """The run-time language model (the stateful IR rewritten to PagedAttention, kv_cache.py)
 computes what transformers computes, for rows of different lengths, in any chunking, across
-cache blocks, and its cache tensors are sized per request.
+cache blocks, and its cache tensors are sized per request (and on huge pages).
 
 Tolerance as test_convert's fp32 parts: relative error <= 1e-3 (measured ~1e-6).
 """
+
+import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import AMX, F32
 
+from janus_ov.kv_cache import cache_inputs, new_cache_tensors
+from janus_ov.memory import HUGE_PAGE
 from janus_ov.runtime import Runtime
 
 FP32_TOL = 1e-3
@@ -164,6 +168,34 @@ def test_cache_tensors_grow_and_are_given_back(runtime):
         assert blocks() >= 16 * 19
         ctx.start([10])  # one block needed; up to 4 may be kept for reuse, not 304
         assert blocks() <= 4
+
+
+def advised_huge(start: int, end: int) -> int:
+    """Bytes of [start, end) in mappings that /proc/self/smaps shows marked MADV_HUGEPAGE ("hg")."""
+    total, span = 0, None
+    with open("/proc/self/smaps", encoding="utf-8") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                span = (max(lo, start), min(hi, end))
+            elif line.startswith("VmFlags:") and span and span[1] > span[0] and "hg" in line.split():
+                total += span[1] - span[0]
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_cache_tensors_are_advised_huge_pages(runtime):
+    """Attention streams the cache every step, a core faster over 2 MiB pages: every whole 2 MiB page
+    inside a cache tensor is advised for them before anything is written."""
+    with runtime.context() as ctx:
+        request = ctx.req["language_model"]
+        tensors = new_cache_tensors(request, 8192)  # tiny heads: a few MiB per tensor
+        assert tensors.keys() == {p.get_any_name() for p in cache_inputs(request.get_compiled_model())}
+        for tensor in tensors.values():
+            start = tensor.data.ctypes.data
+            whole = (start + tensor.byte_size) // HUGE_PAGE * HUGE_PAGE - -(-start // HUGE_PAGE) * HUGE_PAGE
+            assert whole >= HUGE_PAGE and advised_huge(start, start + tensor.byte_size) >= whole
 
 
 def test_default_precision_stays_close_to_transformers(tiny_ir_fp32, torch_lm):
