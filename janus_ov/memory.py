@@ -135,6 +135,21 @@ def mapped_rss(dirs) -> int:
     return total
 
 
+def advised_huge(start: int = 0, end: int = 1 << 64) -> int:
+    """Bytes of [start, end) in this process's mappings advised MADV_HUGEPAGE (smaps' "hg" flag; for
+    tests and benchmarks)."""
+    total, span = 0, None
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0] if line.strip() else ""
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                span = (max(lo, start), min(hi, end))
+            elif line.startswith("VmFlags:") and span and span[1] > span[0] and "hg" in line.split():
+                total += span[1] - span[0]
+    return total
+
+
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas for this process (see MALLOC_ARENAS); call it before starting threads:
     a thread that has allocated already keeps its arena. True if capped here; False where the user's

@@ -13,7 +13,7 @@ import torch
 from conftest import AMX, F32
 
 from janus_ov.kv_cache import cache_inputs, new_cache_tensors
-from janus_ov.memory import HUGE_PAGE
+from janus_ov.memory import HUGE_PAGE, advised_huge
 from janus_ov.runtime import Runtime
 
 FP32_TOL = 1e-3
@@ -168,20 +168,6 @@ def test_cache_tensors_grow_and_are_given_back(runtime):
         assert blocks() >= 16 * 19
         ctx.start([10])  # one block needed; up to 4 may be kept for reuse, not 304
         assert blocks() <= 4
-
-
-def advised_huge(start: int, end: int) -> int:
-    """Bytes of [start, end) in mappings that /proc/self/smaps shows marked MADV_HUGEPAGE ("hg")."""
-    total, span = 0, None
-    with open("/proc/self/smaps", encoding="utf-8") as smaps:
-        for line in smaps:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and ":" not in head:
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                span = (max(lo, start), min(hi, end))
-            elif line.startswith("VmFlags:") and span and span[1] > span[0] and "hg" in line.split():
-                total += span[1] - span[0]
-    return total
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")

@@ -8,6 +8,7 @@ Skipped on CPUs without AVX-512 VNNI (the runtime keeps the plugin's matmuls the
 
 import os
 import shutil
+import sys
 
 import nncf
 import numpy as np
@@ -15,7 +16,8 @@ import openvino as ov
 import pytest
 from openvino import opset13 as ops
 
-from janus_ov import matmul
+from janus_ov import matmul, native
+from janus_ov.memory import advised_huge
 from janus_ov.tuning import cpu_flags
 
 STEPS = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "64"}
@@ -253,6 +255,23 @@ def test_without_a_compiler_one_model_with_the_plugins_matmuls_serves(tiny_ir_lm
         ctx.start([80])
         out = ctx.language_model(np.ones((70, width.get_length()), np.float32), [70])
     assert np.isfinite(out).all()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_packed_weights_are_advised_huge_pages():
+    """Every call streams the packed weights, a core faster over 2 MiB pages: a matrix of 2 MiB or more
+    is packed onto whole huge pages, advised before it is written."""
+    dll = native.load(None)
+    n, k = 2048, 4096  # 4 MiB packed
+    u = np.random.default_rng(0).integers(0, 256, n * k // 2, dtype=np.uint8)
+    scale = np.full(n * k // 64, np.float16(0.01)).view(np.uint16)
+    zero = np.full(n * k // 128, 0x88, np.uint8)
+    before = advised_huge()
+    key = dll.janus_matmul_pack(u.ctypes.data, scale.ctypes.data, zero.ctypes.data, n, k)
+    try:
+        assert key > 0 and advised_huge() - before >= n * k // 2
+    finally:
+        dll.janus_matmul_forget(key)
 
 
 def test_weights_that_do_not_fit_in_memory_fail_with_a_clear_error():
