@@ -18,8 +18,6 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from .memory import huge_pages
-
 # Tokens per cache block: what the CPU and GPU PagedAttention kernels expect (as OpenVINO GenAI).
 BLOCK_SIZE = {"CPU": 32, "GPU": 16}
 
@@ -152,15 +150,13 @@ def cache_inputs(compiled: ov.CompiledModel) -> list:
 
 def new_cache_tensors(request: ov.InferRequest, blocks: int) -> dict:
     """name -> a fresh tensor of `blocks` blocks, for each cache input of the request's model. Fresh
-    tensors cost nothing until written: the OS supplies their pages on first touch (huge ones where
-    it can: attention streams this memory every step)."""
+    tensors cost nothing until written: the OS supplies their pages on first touch. (Not on huge
+    pages: attention read them faster, but a chat's first token took 0.87 -> 1.7 s, design-measurements.md.)"""
     tensors = {}
     for port in cache_inputs(request.get_compiled_model()):
         shape = port.get_partial_shape()
         dims = [blocks] + [shape[i].get_length() for i in range(1, shape.rank.get_length())]
-        tensor = ov.Tensor(port.get_element_type(), dims)
-        huge_pages(tensor.data.ctypes.data, tensor.byte_size)
-        tensors[port.get_any_name()] = tensor
+        tensors[port.get_any_name()] = ov.Tensor(port.get_element_type(), dims)
     return tensors
 
 

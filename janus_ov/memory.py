@@ -1,7 +1,6 @@
 """Giving back memory the process no longer needs (Linux; elsewhere a no-op).
 
-A server also caps glibc's malloc arenas (`limit_malloc_arenas`, below), and the KV cache asks for
-huge pages (`huge_pages`, below).
+A server also caps glibc's malloc arenas (`limit_malloc_arenas`, below).
 
 OpenVINO memory-maps each IR's `.bin` (and compiled-cache blobs) and reads the weights from
 there; on the first inference the CPU plugin copies most of them into its kernels' own layout.
@@ -20,8 +19,6 @@ import sys
 from pathlib import Path
 
 MADV_DONTNEED = 4
-MADV_HUGEPAGE = 14
-HUGE_PAGE = 2 << 20  # x86-64's transparent huge page
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 # A server's request threads, the scheduler and OpenVINO's workers each get a malloc arena of their
 # own by default (up to 8 per core), and each arena keeps its own freed, fragmented memory. Two
@@ -39,19 +36,6 @@ def dontneed(start: int, end: int) -> bool:
     if not sys.platform.startswith("linux") or last <= first:
         return False
     return _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED) == 0
-
-
-def huge_pages(start: int, size: int) -> bool:
-    """madvise(MADV_HUGEPAGE) the whole 2 MiB pages inside [start, start + size) of memory not yet
-    touched; False where not possible. A core streams memory faster over huge pages: its prefetchers
-    stop at each 4 KiB page's end, and a 4 KiB page costs a TLB walk (the KV cache read by our
-    attention: 20 % faster, benchmarks/results/design-measurements.md). Where the system's THP mode is
-    "never" this changes nothing; where it is "madvise" (the common default) only such memory gets
-    them. A touched huge page is resident whole, so the cache's RSS grows in 2 MiB steps per tensor."""
-    first, last = -(-start // HUGE_PAGE) * HUGE_PAGE, (start + size) // HUGE_PAGE * HUGE_PAGE
-    if not sys.platform.startswith("linux") or last <= first:
-        return False
-    return _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_HUGEPAGE) == 0
 
 
 @functools.cache

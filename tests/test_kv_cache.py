@@ -1,19 +1,15 @@
 """The run-time language model (the stateful IR rewritten to PagedAttention, kv_cache.py)
 computes what transformers computes, for rows of different lengths, in any chunking, across
-cache blocks, and its cache tensors are sized per request (and on huge pages).
+cache blocks, and its cache tensors are sized per request.
 
 Tolerance as test_convert's fp32 parts: relative error <= 1e-3 (measured ~1e-6).
 """
-
-import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import AMX, F32
 
-from janus_ov.kv_cache import cache_inputs, new_cache_tensors
-from janus_ov.memory import HUGE_PAGE, advised_huge
 from janus_ov.runtime import Runtime
 
 FP32_TOL = 1e-3
@@ -168,20 +164,6 @@ def test_cache_tensors_grow_and_are_given_back(runtime):
         assert blocks() >= 16 * 19
         ctx.start([10])  # one block needed; up to 4 may be kept for reuse, not 304
         assert blocks() <= 4
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
-def test_cache_tensors_are_advised_huge_pages(runtime):
-    """Attention streams the cache every step, a core faster over 2 MiB pages: every whole 2 MiB page
-    inside a cache tensor is advised for them before anything is written."""
-    with runtime.context() as ctx:
-        request = ctx.req["language_model"]
-        tensors = new_cache_tensors(request, 8192)  # tiny heads: a few MiB per tensor
-        assert tensors.keys() == {p.get_any_name() for p in cache_inputs(request.get_compiled_model())}
-        for tensor in tensors.values():
-            start = tensor.data.ctypes.data
-            whole = (start + tensor.byte_size) // HUGE_PAGE * HUGE_PAGE - -(-start // HUGE_PAGE) * HUGE_PAGE
-            assert whole >= HUGE_PAGE and advised_huge(start, start + tensor.byte_size) >= whole
 
 
 def test_default_precision_stays_close_to_transformers(tiny_ir_fp32, torch_lm):
