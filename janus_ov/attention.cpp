@@ -297,7 +297,7 @@ inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 // in one pass over the blocks with an online softmax. Blocks outside, heads inside: a block's heads
 // lie side by side in the cache, so the reads are long runs; each (block, head)'s keys and values
 // are read once, while the next (block, head)'s are prefetched into L2 (one item ahead: a whole row of
-// heads ahead, into L1, was 10 % slower); the query and the output of the head at hand stay in
+// heads ahead, into L1, was 5-10 % slower); the query and the output of the head at hand stay in
 // registers. q, out: the row's heads * S floats.
 template <int N>
 void decode_heads(const Cache& cache, const int32_t* table, int kv, const float* q, int h0, int h1, int group,
